@@ -25,7 +25,8 @@ type Resource struct {
 	// Scale is true when the resource has a scale subresource (autoscaling/v1 Scale).
 	Scale bool
 	// Generation is true when metadata.generation is set on create and bumped on every
-	// change outside metadata and status.
+	// change outside metadata and status, as the kind's Kubernetes strategy does (a test
+	// checks the flag against the strategy).
 	Generation bool
 }
 
