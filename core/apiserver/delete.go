@@ -151,7 +151,7 @@ func (h *Handler) deleteObject(q *request, name string, opts *metav1.DeleteOptio
 	if dry {
 		return obj, http.StatusOK, nil
 	}
-	data, err := encodeForStore(obj)
+	data, err := encodeForStore(q.res, obj)
 	if err != nil {
 		return nil, 0, apierrors.NewInternalError(err)
 	}

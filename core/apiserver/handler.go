@@ -232,6 +232,7 @@ func objectKey(res *registry.Resource, namespace, name string) string {
 // collectionPrefix is where a resource's objects live: /<group>/<resource>/[<namespace>/].
 // The core group is stored as "core" so that no two groups share a prefix.
 func collectionPrefix(res *registry.Resource, namespace string) string {
+	res = res.Storage()
 	g := res.Group
 	if g == "" {
 		g = "core"

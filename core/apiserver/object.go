@@ -98,7 +98,14 @@ func truncate(b []byte, n int) string {
 }
 
 // encodeForStore encodes an object for etcd: resourceVersion is not stored, it is the etcd revision.
-func encodeForStore(obj runtime.Object) ([]byte, error) {
+func encodeForStore(res *registry.Resource, obj runtime.Object) ([]byte, error) {
+	if st := res.Storage(); st != res {
+		converted, err := res.ConvertTo(obj, st)
+		if err != nil {
+			return nil, err
+		}
+		obj = converted
+	}
 	m, err := meta.Accessor(obj)
 	if err != nil {
 		return nil, err
@@ -111,9 +118,17 @@ func encodeForStore(obj runtime.Object) ([]byte, error) {
 
 // decodeStored decodes a stored value and sets its resourceVersion to the revision it was read at.
 func decodeStored(res *registry.Resource, data []byte, rev int64) (runtime.Object, error) {
-	obj := res.New()
+	st := res.Storage()
+	obj := st.New()
 	if err := json.Unmarshal(data, obj); err != nil {
-		return nil, fmt.Errorf("decode stored %s: %w", res.Kind, err)
+		return nil, fmt.Errorf("decode stored %s: %w", st.Kind, err)
+	}
+	if st != res {
+		converted, err := st.ConvertTo(obj, res)
+		if err != nil {
+			return nil, err
+		}
+		obj = converted
 	}
 	m, err := meta.Accessor(obj)
 	if err != nil {

@@ -132,7 +132,7 @@ func (h *Handler) createObject(ctx context.Context, res *registry.Resource, name
 	if dry {
 		return obj, nil
 	}
-	data, err := encodeForStore(obj)
+	data, err := encodeForStore(res, obj)
 	if err != nil {
 		return nil, apierrors.NewInternalError(err)
 	}
@@ -296,11 +296,11 @@ func (h *Handler) updateObject(ctx context.Context, res *registry.Resource, kind
 	}
 	setTypeMeta(obj, res)
 	m.SetResourceVersion("")
-	data, err := encodeForStore(obj)
+	data, err := encodeForStore(res, obj)
 	if err != nil {
 		return nil, 0, apierrors.NewInternalError(err)
 	}
-	oldData, err := encodeForStore(current)
+	oldData, err := encodeForStore(res, current)
 	if err != nil {
 		return nil, 0, apierrors.NewInternalError(err)
 	}

@@ -107,3 +107,32 @@ func (r *Resource) newTyped(gvk schema.GroupVersionKind) runtime.Object {
 func (r *Resource) Default(obj runtime.Object) {
 	Scheme.Default(obj)
 }
+
+// Storage returns the resource whose objects hold r's data in etcd: r itself, except for
+// events.k8s.io/v1 events, which are core/v1 events seen through another version, as in
+// Kubernetes (kubectl describe shows events written through either API).
+func (r *Resource) Storage() *Resource {
+	if r.Group == "events.k8s.io" {
+		core, _ := Lookup("", "v1", "events")
+		return core
+	}
+	return r
+}
+
+// ConvertTo converts an object of r to the external type of resource to (through the
+// internal type), for resources that share storage.
+func (r *Resource) ConvertTo(obj runtime.Object, to *Resource) (runtime.Object, error) {
+	if to == r {
+		return obj, nil
+	}
+	in, err := r.toInternal(obj)
+	if err != nil {
+		return nil, err
+	}
+	out, err := Scheme.ConvertToVersion(in, to.GVK().GroupVersion())
+	if err != nil {
+		return nil, fmt.Errorf("convert %s to %s: %w", r.GVK(), to.GVK(), err)
+	}
+	out.GetObjectKind().SetGroupVersionKind(to.GVK())
+	return out, nil
+}
