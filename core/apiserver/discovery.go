@@ -102,6 +102,14 @@ var (
 	verbsStatus = metav1.Verbs{"get", "patch", "update"}
 )
 
+// verbs lists what a resource serves; namespaces have no deletecollection, as in Kubernetes.
+func verbs(res *registry.Resource) metav1.Verbs {
+	if res.Resource == "namespaces" {
+		return metav1.Verbs{"create", "delete", "get", "list", "patch", "update", "watch"}
+	}
+	return verbsFull
+}
+
 // resourceList is the discovery document of one group/version, with subresources.
 func resourceList(group, version string) *metav1.APIResourceList {
 	gv := version
@@ -115,7 +123,7 @@ func resourceList(group, version string) *metav1.APIResourceList {
 		}
 		l.APIResources = append(l.APIResources, metav1.APIResource{
 			Name: res.Resource, SingularName: res.Singular, Namespaced: res.Namespaced, Kind: res.Kind,
-			Verbs: verbsFull, ShortNames: res.ShortNames, Categories: res.Categories,
+			Verbs: verbs(res), ShortNames: res.ShortNames, Categories: res.Categories,
 		})
 		sub := func(name, kind string, verbs metav1.Verbs) {
 			l.APIResources = append(l.APIResources, metav1.APIResource{Name: res.Resource + "/" + name, Namespaced: res.Namespaced, Kind: kind, Verbs: verbs})

@@ -210,6 +210,10 @@ func (q *request) serveMain() {
 	case "delete":
 		q.delete()
 	case "deletecollection":
+		if !contains(verbs(q.res), "deletecollection") {
+			q.methodNotSupported()
+			return
+		}
 		q.deleteCollection()
 	default:
 		q.methodNotSupported()
