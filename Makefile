@@ -1,0 +1,104 @@
+# berth's Makefile. `make` alone lists the targets; each target's description is its
+# `## ` comment.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+DATA_DIR ?= $(HOME)/.berth
+PORT ?= 6443
+TEST_TIMEOUT ?= 40m
+KUBECTL ?= /usr/lib/google-cloud-sdk/bin/kubectl.1.33
+GOBIN := $(shell go env GOPATH)/bin
+export PATH := $(GOBIN):$(PATH)
+
+# What `make up` starts in the background. When `berth up` (the whole single-node
+# cluster) lands, this becomes: bin/berth up --data-dir $(DATA_DIR) --port $(PORT)
+UP_CMD = bin/berth server --data-dir $(DATA_DIR) --port $(PORT)
+
+.PHONY: help deps build test test-unit test-integration check vet lint boundaries tidy-check protos-check up down bench clean
+
+help: ## List the targets
+	@echo "Usage: make <target> [DATA_DIR=$(DATA_DIR)] [PORT=$(PORT)]"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-17s %s\n", $$1, $$2}'
+
+deps: ## Install missing system packages and Go tools (idempotent)
+	@scripts/install-deps.sh
+
+build: ## Build every binary under cmd/ into bin/
+	@mkdir -p bin
+	@if [ -d cmd ]; then go build -o bin/ ./cmd/...; else echo "no cmd/ yet: nothing to build"; fi
+
+test: deps build ## Install deps, build, run every test (unit, integration, conformance)
+	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
+	rc=0; go test -count=1 -timeout $(TEST_TIMEOUT) ./... 2>&1 | tee "$$log" || rc=$$?; \
+	echo "----"; \
+	echo "packages: $$(grep -cE '^ok ' "$$log" || true) ok, $$(grep -cE '^FAIL[[:space:]]' "$$log" || true) failed, $$(grep -cE '^\?' "$$log" || true) without tests"; \
+	if [ $$rc -ne 0 ]; then echo "make test: FAILED"; grep -E '^(FAIL[[:space:]]|--- FAIL)' "$$log" || true; exit $$rc; fi; \
+	echo "make test: PASSED"
+
+test-unit: ## Run the unit tests only (go test -short)
+	go test -short -count=1 ./...
+
+test-integration: build ## Run the integration suite (test/integration) against bin/berth
+	@if [ -d test/integration ]; then go test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...; else echo "no test/integration yet"; fi
+
+check: deps ## Run vet, staticcheck, the import-boundary test, the go mod tidy and proto checks
+	@$(MAKE) --no-print-directory -k vet lint boundaries tidy-check protos-check
+
+vet: ## go vet ./...
+	go vet ./...
+
+lint: ## staticcheck ./...
+	staticcheck ./...
+
+boundaries: ## The import-boundary test (design.md's arrows)
+	go test -count=1 ./test/boundaries/
+
+tidy-check: ## Fail when go mod tidy would change go.mod or go.sum
+	@go mod tidy -diff && echo "go.mod and go.sum are tidy" || { echo "go.mod/go.sum are not tidy: run go mod tidy" >&2; exit 1; }
+
+protos-check: ## Fail when the code generated from specs/**/*.proto is stale
+	@scripts/check-protos.sh
+
+up: deps build ## Start berth in the background on DATA_DIR and PORT, wait until kubectl works
+	@mkdir -p "$(DATA_DIR)"
+	@if [ -f "$(DATA_DIR)/server.pid" ] && kill -0 "$$(cat "$(DATA_DIR)/server.pid")" 2>/dev/null; then \
+		echo "berth is already running (pid $$(cat "$(DATA_DIR)/server.pid"))"; \
+	else \
+		nohup $(UP_CMD) >>"$(DATA_DIR)/server.log" 2>&1 </dev/null & echo $$! >"$(DATA_DIR)/server.pid"; \
+		echo "started berth (pid $$(cat "$(DATA_DIR)/server.pid")), log in $(DATA_DIR)/server.log"; \
+	fi
+	@pid=$$(cat "$(DATA_DIR)/server.pid"); deadline=$$((SECONDS + 60)); \
+	while [ $$SECONDS -lt $$deadline ]; do \
+		if ! kill -0 $$pid 2>/dev/null; then echo "berth exited; the end of $(DATA_DIR)/server.log:" >&2; tail -n 20 "$(DATA_DIR)/server.log" >&2; rm -f "$(DATA_DIR)/server.pid"; exit 1; fi; \
+		if [ -f "$(DATA_DIR)/admin.kubeconfig" ] && $(KUBECTL) --kubeconfig "$(DATA_DIR)/admin.kubeconfig" --request-timeout=2s get ns >/dev/null 2>&1; then \
+			echo "berth is up. Use it with kubectl:"; \
+			echo "  export KUBECONFIG=$(DATA_DIR)/admin.kubeconfig"; \
+			echo "  kubectl get ns"; \
+			echo "Stop it with: make down"; \
+			exit 0; \
+		fi; \
+		sleep 0.5; \
+	done; \
+	echo "berth did not answer within 60s (still running: see $(DATA_DIR)/server.log, stop it with make down)" >&2; exit 1
+
+down: ## Stop the berth started by make up
+	@if [ ! -f "$(DATA_DIR)/server.pid" ]; then echo "berth is not running (no $(DATA_DIR)/server.pid)"; exit 0; fi; \
+	pid=$$(cat "$(DATA_DIR)/server.pid"); \
+	if kill -0 $$pid 2>/dev/null; then \
+		kill -TERM $$pid; \
+		for i in $$(seq 1 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+		if kill -0 $$pid 2>/dev/null; then echo "berth (pid $$pid) did not stop within 30s; killing it" >&2; kill -KILL $$pid; fi; \
+		echo "stopped berth (pid $$pid)"; \
+	else \
+		echo "berth (pid $$pid) was not running"; \
+	fi; \
+	rm -f "$(DATA_DIR)/server.pid"
+
+bench: build ## Run the API benchmark (bin/berth bench api); record figures in docs/benchmarks.md
+	bin/berth bench api
+
+clean: ## Remove bin/ and test binaries (DATA_DIR is left alone)
+	rm -rf bin/ *.test coverage.out coverage.html
