@@ -117,7 +117,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	kubeconfig := filepath.Join(cfg.DataDir, "admin.kubeconfig")
 
 	serveCtx, stopServing := context.WithCancel(ctx)
-	handler, err := NewHandler(serveCtx, store, pki.Authenticate)
+	handler, err := NewHandler(serveCtx, store, pki.NewAuthenticator(bundle.CACert).Authenticate)
 	if err != nil {
 		stopServing()
 		client.Close()
