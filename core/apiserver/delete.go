@@ -1,7 +1,6 @@
 package apiserver
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -31,7 +30,7 @@ func (q *request) deleteOptions() (*metav1.DeleteOptions, error) {
 		return nil, err
 	}
 	if len(body) > 0 {
-		if err := json.Unmarshal(body, opts); err != nil {
+		if err := decodeRequest(opts, body, q.r.Header.Get("Content-Type"), "DeleteOptions", "v1", validationIgnore); err != nil {
 			return nil, apierrors.NewBadRequest(fmt.Sprintf("invalid DeleteOptions: %v", err))
 		}
 	}

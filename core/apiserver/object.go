@@ -67,6 +67,24 @@ func decodeBody(res *registry.Resource, body []byte, contentType, mode string) (
 	return obj, warnings, err
 }
 
+// decodeRequest decodes a request body that is not the resource itself (a Scale, Binding,
+// Eviction, DeleteOptions, a namespace to finalize) into obj: protobuf, which client-go's
+// clientsets send since 1.33, or else JSON under a field validation mode.
+func decodeRequest(obj runtime.Object, body []byte, contentType, kind, version, mode string) error {
+	if !strings.HasPrefix(contentType, runtime.ContentTypeProtobuf) {
+		_, err := decodeInto(obj, body, kind, version, mode)
+		return err
+	}
+	out, _, err := protobufSerializer.Decode(body, nil, obj)
+	if err != nil {
+		return apierrors.NewBadRequest(fmt.Sprintf("%s in version %q cannot be handled as a %s: %v", kind, version, kind, err))
+	}
+	if out != obj {
+		return apierrors.NewBadRequest(fmt.Sprintf("the body is a %T, not the expected %s", out, kind))
+	}
+	return nil
+}
+
 // decodeInto decodes JSON into obj under a field validation mode.
 func decodeInto(obj runtime.Object, body []byte, kind, version, mode string) ([]string, error) {
 	opts := []sigsjson.StrictOption{sigsjson.DisallowDuplicateFields, sigsjson.DisallowUnknownFields}

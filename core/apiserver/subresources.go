@@ -61,7 +61,7 @@ func (q *request) serveScale() {
 			return
 		}
 		scale := &autoscalingv1.Scale{}
-		if _, err := decodeInto(scale, body, "Scale", "v1", validationStrict); err != nil {
+		if err := decodeRequest(scale, body, q.r.Header.Get("Content-Type"), "Scale", "v1", validationStrict); err != nil {
 			q.fail(err)
 			return
 		}
@@ -122,7 +122,7 @@ func (q *request) serveFinalize() {
 		return
 	}
 	ns := &corev1.Namespace{}
-	if _, err := decodeInto(ns, body, "Namespace", "v1", validationStrict); err != nil {
+	if err := decodeRequest(ns, body, q.r.Header.Get("Content-Type"), "Namespace", "v1", validationStrict); err != nil {
 		q.fail(err)
 		return
 	}
@@ -141,7 +141,7 @@ func (q *request) serveBinding() {
 		return
 	}
 	b := &corev1.Binding{}
-	if _, err := decodeInto(b, body, "Binding", "v1", validationStrict); err != nil {
+	if err := decodeRequest(b, body, q.r.Header.Get("Content-Type"), "Binding", "v1", validationStrict); err != nil {
 		q.fail(err)
 		return
 	}
@@ -216,7 +216,7 @@ func (q *request) serveEviction() {
 		return
 	}
 	ev := &policyv1.Eviction{}
-	if _, err := decodeInto(ev, body, "Eviction", "v1", validationStrict); err != nil {
+	if err := decodeRequest(ev, body, q.r.Header.Get("Content-Type"), "Eviction", "v1", validationStrict); err != nil {
 		q.fail(err)
 		return
 	}
