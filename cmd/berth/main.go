@@ -1,4 +1,4 @@
-// Command berth is the one CLI of berth's core: the API server and, as they land, the
+// Command berth is the one CLI of berth's core: the API server, the controllers and, as they land, the
 // agent, a whole cluster in one command, the conformance suites and benchmarks.
 package main
 
@@ -23,7 +23,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand(), newVersionCommand())
+	root.AddCommand(newServerCommand(), newControllersCommand(), newVersionCommand())
 	root.AddCommand(newBenchCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)

@@ -1,40 +1,74 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"berth.dev/berth/core/apiserver"
+	"berth.dev/berth/core/controllers"
 )
 
 func newServerCommand() *cobra.Command {
 	var cfg apiserver.Config
-	var verbose bool
+	var verbose, runControllers bool
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the control plane: the Kubernetes API on etcd",
+		Short: "Run the control plane: the Kubernetes API on etcd, and the controllers",
 		Long: `Run berth's control plane. Without --etcd-endpoints an etcd is embedded, its data under
 --data-dir/etcd. Certificates are made under --data-dir/pki on first start, and
---data-dir/admin.kubeconfig lets kubectl in as the cluster admin.`,
+--data-dir/admin.kubeconfig lets kubectl in as the cluster admin.
+
+The controllers (garbage collector, namespace lifecycle, ...) run in the same process
+unless --controllers=false; several servers on one etcd elect one of them to run the
+controllers through the Lease kube-system/berth-controller-manager.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			level := slog.LevelInfo
-			if verbose {
-				level = slog.LevelDebug
-			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			srv, err := apiserver.Start(cmd.Context(), cfg)
+			log := newLogger(verbose)
+			cfg.Logger = log.With("component", "apiserver")
+			// The API server outlives the controllers on the way down, so that they can give
+			// their Lease up and finish their last writes.
+			srvCtx, stopServer := context.WithCancel(context.WithoutCancel(cmd.Context()))
+			defer stopServer()
+			srv, err := apiserver.Start(srvCtx, cfg)
 			if err != nil {
 				return err
 			}
+			srvDone := make(chan error, 1)
+			go func() { srvDone <- srv.Wait() }()
 			fmt.Fprintf(cmd.OutOrStdout(), "berth server is up at %s\nexport KUBECONFIG=%s\n", srv.URL, srv.Kubeconfig)
-			err = srv.Wait()
-			cfg.Logger.Info("berth server stopped")
-			return err
+
+			ctrlCtx, stopControllers := context.WithCancel(cmd.Context())
+			defer stopControllers()
+			ctrlDone := make(chan error, 1)
+			if runControllers {
+				go func() { ctrlDone <- runElectedControllers(ctrlCtx, srv.Kubeconfig, log) }()
+			} else {
+				go func() { <-ctrlCtx.Done(); ctrlDone <- nil }()
+			}
+			var ctrlErr, srvErr error
+			select {
+			case <-cmd.Context().Done():
+				ctrlErr = <-ctrlDone
+			case ctrlErr = <-ctrlDone:
+				// The controllers stopped by themselves: a failure, so the server stops too
+				// rather than serve a cluster in which nothing acts.
+			case srvErr = <-srvDone:
+				stopControllers()
+				ctrlErr = <-ctrlDone
+				log.Info("berth server stopped")
+				return errors.Join(srvErr, ctrlErr)
+			}
+			stopServer()
+			srvErr = <-srvDone
+			log.Info("berth server stopped")
+			return errors.Join(ctrlErr, srvErr)
 		},
 	}
 	f := cmd.Flags()
@@ -43,7 +77,46 @@ func newServerCommand() *cobra.Command {
 	f.StringVar(&cfg.BindAddress, "bind-address", "127.0.0.1", "address the API listens on")
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "URLs of an external etcd cluster (comma-separated); embedded etcd when empty")
 	f.DurationVar(&cfg.CompactionInterval, "etcd-compaction-interval", 5*time.Minute, "how often old etcd revisions are compacted")
+	f.BoolVar(&runControllers, "controllers", true, "run the controllers in this process (elected through a Lease among servers)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd
+}
+
+func newControllersCommand() *cobra.Command {
+	var kubeconfig string
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "controllers",
+		Short: "Run the controllers alone against an API server",
+		Long: `Run berth's controller manager on its own, against the API server a kubeconfig names
+(for example DIR/admin.kubeconfig of a "berth server --controllers=false"). Several
+managers elect one active one through the Lease kube-system/berth-controller-manager.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runElectedControllers(cmd.Context(), kubeconfig, newLogger(verbose))
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the API server (required)")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
+	_ = cmd.MarkFlagRequired("kubeconfig")
+	return cmd
+}
+
+// runElectedControllers runs the controllers against the API server of a kubeconfig while
+// this process holds the controller manager's Lease, until ctx ends.
+func runElectedControllers(ctx context.Context, kubeconfig string, log *slog.Logger) error {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("read kubeconfig %s: %w", kubeconfig, err)
+	}
+	return controllers.RunElected(ctx, restCfg, log.With("component", "controllers"), controllers.Election{})
+}
+
+func newLogger(verbose bool) *slog.Logger {
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }

@@ -1,0 +1,320 @@
+package controllers_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"berth.dev/berth/core/apiserver"
+	"berth.dev/berth/core/controllers"
+)
+
+// TestControllersAgainstServer runs the real API server in-process and the controllers
+// against it, and checks with client-go what users see: ownerReferences honoured under
+// each propagation policy, and a deleted namespace emptied and then gone.
+func TestControllersAgainstServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an API server with embedded etcd")
+	}
+	kube := startCluster(t)
+
+	t.Run("background", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "gc-background")
+		owner := configMap(t, kube, ns, "owner")
+		dep := configMap(t, kube, ns, "dep", ownerRef(owner, false))
+		secret, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: "dep-secret", OwnerReferences: []metav1.OwnerReference{ownerRef(owner, true)}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bystander := configMap(t, kube, ns, "bystander")
+
+		deleteConfigMap(t, kube, ns, "owner", metav1.DeletePropagationBackground)
+		waitFor(t, "the dependents are collected", func() (bool, error) {
+			_, err1 := kube.CoreV1().ConfigMaps(ns).Get(ctx, dep.Name, metav1.GetOptions{})
+			_, err2 := kube.CoreV1().Secrets(ns).Get(ctx, secret.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err1) && apierrors.IsNotFound(err2), nil
+		})
+		if _, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, bystander.Name, metav1.GetOptions{}); err != nil {
+			t.Errorf("an object without owners was touched: %v", err)
+		}
+	})
+
+	t.Run("orphan", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "gc-orphan")
+		owner := configMap(t, kube, ns, "owner")
+		other := configMap(t, kube, ns, "other")
+		dep := configMap(t, kube, ns, "dep", ownerRef(owner, true), ownerRef(other, false))
+
+		deleteConfigMap(t, kube, ns, "owner", metav1.DeletePropagationOrphan)
+		waitFor(t, "the owner goes once orphaned", gone(kube, ns, owner.Name))
+		got, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, dep.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("the orphaned dependent: %v", err)
+		}
+		if len(got.OwnerReferences) != 1 || got.OwnerReferences[0].UID != other.UID {
+			t.Errorf("the orphan keeps ownerReferences %+v, want only the one to %s", got.OwnerReferences, other.Name)
+		}
+	})
+
+	t.Run("foreground", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "gc-foreground")
+		owner := configMap(t, kube, ns, "owner")
+		// The dependent's own finalizer keeps it for a while after the collector deletes it;
+		// the owner must wait all that time.
+		dep := configMap(t, kube, ns, "dep", ownerRef(owner, true))
+		dep.Finalizers = []string{"example.com/hold"}
+		dep, err := kube.CoreV1().ConfigMaps(ns).Update(ctx, dep, metav1.UpdateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		deleteConfigMap(t, kube, ns, "owner", metav1.DeletePropagationForeground)
+		waitFor(t, "the collector deletes the blocking dependent", func() (bool, error) {
+			d, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, dep.Name, metav1.GetOptions{})
+			return err == nil && d.DeletionTimestamp != nil, err
+		})
+		time.Sleep(500 * time.Millisecond) // room for the collector to get it wrong
+		o, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, owner.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("the owner went before its blocking dependent: %v", err)
+		}
+		if o.DeletionTimestamp == nil || !contains(o.Finalizers, metav1.FinalizerDeleteDependents) {
+			t.Fatalf("owner: deletionTimestamp %v, finalizers %v; want foreground deletion", o.DeletionTimestamp, o.Finalizers)
+		}
+
+		d, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, dep.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Finalizers = nil
+		if _, err := kube.CoreV1().ConfigMaps(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("release the dependent: %v", err)
+		}
+		waitFor(t, "the dependent goes", gone(kube, ns, dep.Name))
+		waitFor(t, "the owner goes after its dependent", gone(kube, ns, owner.Name))
+	})
+
+	t.Run("namespace", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "doomed")
+		configMap(t, kube, ns, "a")
+		if _, err := kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "s"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "p"},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+		}
+		if _, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+
+		if err := kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the namespace goes", func() (bool, error) {
+			_, err := kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return true, nil
+			}
+			return false, err
+		})
+		cms, err := kube.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets, err := kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(cms.Items) + len(secrets.Items) + len(pods.Items); n != 0 {
+			t.Errorf("%d objects outlived their namespace", n)
+		}
+	})
+
+	t.Run("namespace waits for finalizers", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "held")
+		cm := configMap(t, kube, ns, "held")
+		cm.Finalizers = []string{"example.com/hold"}
+		if _, err := kube.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		want := "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"
+		waitFor(t, "the namespace reports the finalizer holding it", func() (bool, error) {
+			n, err := kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NamespaceFinalizersRemaining && c.Status == corev1.ConditionTrue && c.Message == want {
+					return n.Status.Phase == corev1.NamespaceTerminating, nil
+				}
+			}
+			return false, fmt.Errorf("conditions %+v", n.Status.Conditions)
+		})
+		held, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, cm.Name, metav1.GetOptions{})
+		if err != nil || held.DeletionTimestamp == nil {
+			t.Fatalf("the held configmap: %v, %+v", err, held)
+		}
+		held.Finalizers = nil
+		if _, err := kube.CoreV1().ConfigMaps(ns).Update(ctx, held, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the namespace goes once its content does", func() (bool, error) {
+			_, err := kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return true, nil
+			}
+			return false, err
+		})
+	})
+}
+
+// startCluster starts the API server and the controllers; both stop when the test ends.
+func startCluster(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := apiserver.Start(ctx, apiserver.Config{DataDir: t.TempDir(), Port: 0, Logger: log.With("component", "apiserver")})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- controllers.Run(ctx, cfg, log.With("component", "controllers")) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("controllers.Run: %v", err)
+		}
+		if err := srv.Wait(); err != nil {
+			t.Logf("server stopped with: %v", err)
+		}
+		if t.Failed() || os.Getenv("BERTH_TEST_LOG") != "" {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	})
+	// The test's client is client-go's default: protobuf bodies, as kubectl's typed clients.
+	testCfg := rest.CopyConfig(cfg)
+	testCfg.QPS, testCfg.Burst = 200, 400 // the waits poll
+	kube, err := kubernetes.NewForConfig(testCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kube
+}
+
+func namespace(t *testing.T, kube kubernetes.Interface, name string) string {
+	t.Helper()
+	_, err := kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+	return name
+}
+
+func configMap(t *testing.T, kube kubernetes.Interface, ns, name string, owners ...metav1.OwnerReference) *corev1.ConfigMap {
+	t.Helper()
+	cm, err := kube.CoreV1().ConfigMaps(ns).Create(context.Background(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: name, OwnerReferences: owners},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create configmap %s/%s: %v", ns, name, err)
+	}
+	return cm
+}
+
+func ownerRef(cm *corev1.ConfigMap, block bool) metav1.OwnerReference {
+	return metav1.OwnerReference{APIVersion: "v1", Kind: "ConfigMap", Name: cm.Name, UID: cm.UID, BlockOwnerDeletion: &block}
+}
+
+func deleteConfigMap(t *testing.T, kube kubernetes.Interface, ns, name string, policy metav1.DeletionPropagation) {
+	t.Helper()
+	if err := kube.CoreV1().ConfigMaps(ns).Delete(context.Background(), name, metav1.DeleteOptions{PropagationPolicy: &policy}); err != nil {
+		t.Fatalf("delete configmap %s/%s (%s): %v", ns, name, policy, err)
+	}
+}
+
+func gone(kube kubernetes.Interface, ns, name string) func() (bool, error) {
+	return func() (bool, error) {
+		_, err := kube.CoreV1().ConfigMaps(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		return false, err
+	}
+}
+
+// waitFor polls cond for up to 30 seconds; the last error, if any, is reported on timeout.
+func waitFor(t *testing.T, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		last = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting: %s (last error: %v)", what, last)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// syncBuffer collects the logs of the server and the controllers for a failing test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

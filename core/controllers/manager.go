@@ -1,0 +1,98 @@
+// Package controllers runs berth's controllers (one package each under core/controllers)
+// against an API server, as kube-controller-manager does for Kubernetes.
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"golang.org/x/sync/errgroup"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/rest"
+
+	"berth.dev/berth/core/controllers/garbagecollector"
+	"berth.dev/berth/core/controllers/namespace"
+)
+
+// controller is what the manager runs: Run blocks until ctx ends, or fails.
+type controller interface {
+	Run(ctx context.Context) error
+}
+
+// Run runs every controller against the API server cfg points at until ctx ends, or until
+// one of them fails (it then stops the others and returns that error).
+func Run(ctx context.Context, cfg *rest.Config, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	cfg = rest.CopyConfig(cfg)
+	if cfg.QPS == 0 {
+		// client-go's default of 5 per second would throttle the garbage collector's and the
+		// namespace controller's bursts; kube-controller-manager allows 20 (burst 30).
+		cfg.QPS, cfg.Burst = 50, 100
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "berth-controller-manager"
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	meta, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("metadata client: %w", err)
+	}
+	// One informer per resource, shared by every controller that watches it.
+	kubeInformers := informers.NewSharedInformerFactory(kube, 0)
+	metaInformers := metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0,
+		metadatainformer.WithTransform(dropManagedFields))
+
+	gc, err := garbagecollector.New(meta, metaInformers, garbagecollector.Options{Log: log.With("controller", "garbagecollector")})
+	if err != nil {
+		return fmt.Errorf("garbage collector: %w", err)
+	}
+	ns, err := namespace.New(kube, meta, kubeInformers, namespace.Options{Log: log.With("controller", "namespace")})
+	if err != nil {
+		return fmt.Errorf("namespace controller: %w", err)
+	}
+	// Issue 4 adds the workload controllers (deployment, replicaset, job ...) to this list,
+	// built the same way from the shared factories, and wraps everything below in leader
+	// election (client-go tools/leaderelection on a coordination.k8s.io Lease) so that only one
+	// of several servers runs them.
+	running := map[string]controller{
+		"garbagecollector": gc,
+		"namespace":        ns,
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	// The factories start the informers registered so far: every controller must be built
+	// before this point.
+	kubeInformers.Start(ctx.Done())
+	metaInformers.Start(ctx.Done())
+	defer kubeInformers.Shutdown()
+	defer metaInformers.Shutdown()
+	for name, c := range running {
+		g.Go(func() error {
+			if err := c.Run(ctx); err != nil {
+				return fmt.Errorf("%s controller: %w", name, err)
+			}
+			return nil
+		})
+	}
+	log.Info("controllers started", "count", len(running))
+	return g.Wait()
+}
+
+// dropManagedFields keeps managedFields out of the informers' caches: no controller reads
+// them, and they are most of an object's metadata.
+func dropManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
