@@ -48,6 +48,7 @@ func (q *request) deleteOptions() (*metav1.DeleteOptions, error) {
 	}
 	if s := v.Get("orphanDependents"); s != "" {
 		b := isTrue(s)
+		//lint:ignore SA1019 deprecated but still sent by old clients, and Kubernetes honours it
 		opts.OrphanDependents = &b
 	}
 	if v.Has("dryRun") {
@@ -64,6 +65,7 @@ func (q *request) deleteOptions() (*metav1.DeleteOptions, error) {
 		default:
 			return nil, apierrors.NewBadRequest(fmt.Sprintf("propagationPolicy must be Orphan, Background or Foreground, not %q", *p))
 		}
+		//lint:ignore SA1019 deprecated but still sent by old clients, and Kubernetes honours it
 		if opts.OrphanDependents != nil {
 			return nil, apierrors.NewBadRequest("orphanDependents and propagationPolicy cannot both be set")
 		}
@@ -171,6 +173,7 @@ func propagation(opts *metav1.DeleteOptions) metav1.DeletionPropagation {
 	if opts.PropagationPolicy != nil {
 		return *opts.PropagationPolicy
 	}
+	//lint:ignore SA1019 deprecated but still sent by old clients, and Kubernetes honours it
 	if opts.OrphanDependents != nil && *opts.OrphanDependents {
 		return metav1.DeletePropagationOrphan
 	}

@@ -221,7 +221,7 @@ func (q *request) serveEviction() {
 		return
 	}
 	if ev.Name != "" && ev.Name != q.info.Name {
-		q.fail(apierrors.NewBadRequest(fmt.Sprintf("name in URL does not match name in Eviction object")))
+		q.fail(apierrors.NewBadRequest("name in URL does not match name in Eviction object"))
 		return
 	}
 	obj, _, err := q.load(q.info.Name)
