@@ -345,3 +345,67 @@ func TestUnauthenticatedRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestControllerLeaderElection: two servers on one etcd run one set of controllers, chosen
+// through the Lease kube-system/berth-controller-manager; when the leader stops, the other
+// takes over without waiting for the Lease to expire (it was given up).
+func TestControllerLeaderElection(t *testing.T) {
+	skipShort(t)
+	etcdBin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Skip("no etcd binary (scripts/install-deps.sh installs etcd-server)")
+	}
+	endpoint := startEtcd(t, etcdBin)
+	a := startBerth(t, t.TempDir(), "--etcd-endpoints", endpoint)
+	b := startBerth(t, t.TempDir(), "--etcd-endpoints", endpoint)
+	cs := clientset(t, a.kubeconfig)
+	ctx := testContext(t)
+
+	const elected = "elected: running the controllers"
+	holder := func() string {
+		lease, err := cs.CoordinationV1().Leases("kube-system").Get(ctx, "berth-controller-manager", metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *lease.Spec.HolderIdentity
+	}
+	var first string
+	waitUntil(t, 30*time.Second, "a controller manager holds the Lease", func() bool {
+		first = holder()
+		return first != "" && (strings.Contains(a.logs.String(), elected) || strings.Contains(b.logs.String(), elected))
+	})
+	// Each server logs its own identity as identity=...; the other's only as leader=....
+	leader, standby := a, b
+	if !strings.Contains(a.logs.String(), "identity="+first) {
+		leader, standby = b, a
+	}
+	if !strings.Contains(leader.logs.String(), elected) {
+		t.Fatalf("the Lease names %s but that server did not log %q", first, elected)
+	}
+	// A few renewals later the standby still has not run the controllers.
+	time.Sleep(3 * time.Second)
+	if strings.Contains(standby.logs.String(), elected) {
+		t.Fatalf("both servers run the controllers:\n%s", tail(standby.logs.String(), 20))
+	}
+
+	stopCleanly(t, leader)
+	// The leader gave the Lease up, so the standby takes it within a few retry periods
+	// (2 s each), well before the 15 s lease duration would run out.
+	cs = clientset(t, standby.kubeconfig)
+	waitUntil(t, 10*time.Second, "the standby takes over the Lease", func() bool {
+		h := holder()
+		return h != "" && h != first && strings.Contains(standby.logs.String(), elected)
+	})
+}
+
+// waitUntil polls cond every 100 ms until it holds, failing the test after limit.
+func waitUntil(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting until %s", limit, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
