@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"berth.dev/berth/core/apiserver"
@@ -18,6 +19,7 @@ import (
 func newServerCommand() *cobra.Command {
 	var cfg apiserver.Config
 	var verbose, runControllers bool
+	var ctrlOpts controllers.Options
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: the Kubernetes API on etcd, and the controllers",
@@ -48,7 +50,7 @@ controllers through the Lease kube-system/berth-controller-manager.`,
 			defer stopControllers()
 			ctrlDone := make(chan error, 1)
 			if runControllers {
-				go func() { ctrlDone <- runElectedControllers(ctrlCtx, srv.Kubeconfig, log) }()
+				go func() { ctrlDone <- runElectedControllers(ctrlCtx, srv.Kubeconfig, log, ctrlOpts) }()
 			} else {
 				go func() { <-ctrlCtx.Done(); ctrlDone <- nil }()
 			}
@@ -77,7 +79,9 @@ controllers through the Lease kube-system/berth-controller-manager.`,
 	f.StringVar(&cfg.BindAddress, "bind-address", "127.0.0.1", "address the API listens on")
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "URLs of an external etcd cluster (comma-separated); embedded etcd when empty")
 	f.DurationVar(&cfg.CompactionInterval, "etcd-compaction-interval", 5*time.Minute, "how often old etcd revisions are compacted")
+	f.Int64Var(&cfg.DefaultTolerationSeconds, "default-toleration-seconds", 300, "how long pods tolerate a not-ready or unreachable node before eviction, unless they say otherwise")
 	f.BoolVar(&runControllers, "controllers", true, "run the controllers in this process (elected through a Lease among servers)")
+	addControllerFlags(f, &ctrlOpts)
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd
@@ -86,6 +90,7 @@ controllers through the Lease kube-system/berth-controller-manager.`,
 func newControllersCommand() *cobra.Command {
 	var kubeconfig string
 	var verbose bool
+	var ctrlOpts controllers.Options
 	cmd := &cobra.Command{
 		Use:   "controllers",
 		Short: "Run the controllers alone against an API server",
@@ -94,10 +99,11 @@ func newControllersCommand() *cobra.Command {
 managers elect one active one through the Lease kube-system/berth-controller-manager.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runElectedControllers(cmd.Context(), kubeconfig, newLogger(verbose))
+			return runElectedControllers(cmd.Context(), kubeconfig, newLogger(verbose), ctrlOpts)
 		},
 	}
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the API server (required)")
+	addControllerFlags(cmd.Flags(), &ctrlOpts)
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	_ = cmd.MarkFlagRequired("kubeconfig")
 	return cmd
@@ -105,12 +111,18 @@ managers elect one active one through the Lease kube-system/berth-controller-man
 
 // runElectedControllers runs the controllers against the API server of a kubeconfig while
 // this process holds the controller manager's Lease, until ctx ends.
-func runElectedControllers(ctx context.Context, kubeconfig string, log *slog.Logger) error {
+func runElectedControllers(ctx context.Context, kubeconfig string, log *slog.Logger, opts controllers.Options) error {
 	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return fmt.Errorf("read kubeconfig %s: %w", kubeconfig, err)
 	}
-	return controllers.RunElected(ctx, restCfg, log.With("component", "controllers"), controllers.Election{})
+	opts.Log = log.With("component", "controllers")
+	return controllers.RunElected(ctx, restCfg, opts, controllers.Election{})
+}
+
+// addControllerFlags adds the controllers' tuning flags, shared by server and controllers.
+func addControllerFlags(f *pflag.FlagSet, opts *controllers.Options) {
+	f.DurationVar(&opts.NodeGracePeriod, "node-monitor-grace-period", 40*time.Second, "how long a node may go without renewing its Lease before it is marked Unknown and its pods are evicted")
 }
 
 func newLogger(verbose bool) *slog.Logger {

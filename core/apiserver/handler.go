@@ -32,6 +32,9 @@ type Handler struct {
 	mux        *http.ServeMux
 	// authenticate returns the request's user; nil means every request is allowed (tests).
 	authenticate func(*http.Request) (pki.User, bool)
+	// DefaultTolerationSeconds is what pods get as tolerations of the not-ready and
+	// unreachable taints when they have none (300 when zero); set it before serving.
+	DefaultTolerationSeconds int64
 }
 
 // NewHandler returns the API handler. authenticate may be nil to serve without authentication

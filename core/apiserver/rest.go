@@ -120,6 +120,7 @@ func (h *Handler) createObject(ctx context.Context, res *registry.Resource, name
 	m.SetSelfLink("")
 	res.Default(obj)
 	res.PrepareForCreate(obj)
+	h.admitCreate(res, obj)
 	if errs := res.ValidateCreate(obj); len(errs) > 0 {
 		return nil, invalid(res, m.GetName(), errs)
 	}

@@ -29,6 +29,9 @@ type Config struct {
 	EtcdEndpoints []string
 	// CompactionInterval is how often old etcd revisions are compacted (5 minutes by default).
 	CompactionInterval time.Duration
+	// DefaultTolerationSeconds is how long pods tolerate a not-ready or unreachable node by
+	// default before the node lifecycle controller evicts them (300 s when zero).
+	DefaultTolerationSeconds int64
 	Logger             *slog.Logger
 }
 
@@ -124,6 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		closeAll()
 		return nil, err
 	}
+	handler.DefaultTolerationSeconds = cfg.DefaultTolerationSeconds
 	if err := handler.ensureSystemNamespaces(ctx); err != nil {
 		stopServing()
 		client.Close()

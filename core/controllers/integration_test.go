@@ -111,6 +111,70 @@ func TestControllersAgainstServer(t *testing.T) {
 		waitFor(t, "the owner goes after its dependent", gone(kube, ns, owner.Name))
 	})
 
+	t.Run("node lifecycle", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "nodes")
+		now := metav1.Now()
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "silent"}}
+		node, err := kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: now, LastTransitionTime: now}}
+		if _, err := kube.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// One pod tolerates the unreachable taint for 1 s; the other gets the default
+		// tolerations (300 s) from admission.
+		one := int64(1)
+		quick := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "quick"}, Spec: corev1.PodSpec{
+			NodeName:    node.Name,
+			Containers:  []corev1.Container{{Name: "c", Image: "busybox"}},
+			Tolerations: []corev1.Toleration{{Key: corev1.TaintNodeUnreachable, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: &one}},
+		}}
+		if _, err := kube.CoreV1().Pods(ns).Create(ctx, quick, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		patient, err := kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "patient"}, Spec: corev1.PodSpec{
+			NodeName: node.Name, Containers: []corev1.Container{{Name: "c", Image: "busybox"}},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defaults := 0
+		for _, tol := range patient.Spec.Tolerations {
+			if tol.Effect == corev1.TaintEffectNoExecute && tol.TolerationSeconds != nil && *tol.TolerationSeconds == 300 &&
+				(tol.Key == corev1.TaintNodeNotReady || tol.Key == corev1.TaintNodeUnreachable) {
+				defaults++
+			}
+		}
+		if defaults != 2 {
+			t.Errorf("admitted pod tolerations %+v, want not-ready and unreachable NoExecute for 300 s", patient.Spec.Tolerations)
+		}
+
+		// No agent renews a Lease for the node: after the 2 s grace period it is Unknown and
+		// tainted, and the quick pod is evicted (it stays Terminating: no agent confirms).
+		waitFor(t, "the silent node is marked Unknown and tainted unreachable", func() (bool, error) {
+			n, err := kube.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			tainted := false
+			for _, taint := range n.Spec.Taints {
+				tainted = tainted || (taint.Key == corev1.TaintNodeUnreachable && taint.Effect == corev1.TaintEffectNoExecute)
+			}
+			return tainted && len(n.Status.Conditions) > 0 && n.Status.Conditions[0].Status == corev1.ConditionUnknown, nil
+		})
+		waitFor(t, "the pod tolerating 1 s is evicted", func() (bool, error) {
+			p, err := kube.CoreV1().Pods(ns).Get(ctx, "quick", metav1.GetOptions{})
+			return apierrors.IsNotFound(err) || (err == nil && p.DeletionTimestamp != nil), nil
+		})
+		p, err := kube.CoreV1().Pods(ns).Get(ctx, "patient", metav1.GetOptions{})
+		if err != nil || p.DeletionTimestamp != nil {
+			t.Errorf("the pod tolerating 300 s went early (err %v)", err)
+		}
+	})
+
 	t.Run("namespace", func(t *testing.T) {
 		ctx := context.Background()
 		ns := namespace(t, kube, "doomed")
@@ -212,7 +276,7 @@ func startCluster(t *testing.T) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- controllers.Run(ctx, cfg, log.With("component", "controllers")) }()
+	go func() { done <- controllers.Run(ctx, cfg, controllers.Options{Log: log.With("component", "controllers"), NodeGracePeriod: 2 * time.Second}) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

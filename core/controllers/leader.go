@@ -53,7 +53,8 @@ func (e *Election) defaults() {
 // campaigns, runs them once elected, stops them when the Lease is lost and campaigns again,
 // until ctx ends. On a clean stop it gives the Lease up, so a restarted or standby manager
 // takes over at once instead of after LeaseDuration.
-func RunElected(ctx context.Context, cfg *rest.Config, log *slog.Logger, e Election) error {
+func RunElected(ctx context.Context, cfg *rest.Config, opts Options, e Election) error {
+	log := opts.Log
 	if log == nil {
 		log = slog.Default()
 	}
@@ -86,7 +87,7 @@ func RunElected(ctx context.Context, cfg *rest.Config, log *slog.Logger, e Elect
 				OnStartedLeading: func(leading context.Context) {
 					close(started)
 					log.Info("elected: running the controllers", "lease", e.Namespace+"/"+e.Name, "identity", e.Identity)
-					err := Run(leading, cfg, log)
+					err := Run(leading, cfg, opts)
 					if err != nil {
 						endRound() // give the Lease up: another manager may do better
 					}

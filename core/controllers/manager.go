@@ -6,17 +6,23 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/record"
 
 	"berth.dev/berth/core/controllers/garbagecollector"
 	"berth.dev/berth/core/controllers/namespace"
+	"berth.dev/berth/core/controllers/nodelifecycle"
 )
 
 // controller is what the manager runs: Run blocks until ctx ends, or fails.
@@ -24,9 +30,19 @@ type controller interface {
 	Run(ctx context.Context) error
 }
 
+// Options tune the controller manager; the zero value is ready to use.
+type Options struct {
+	// Log receives the controllers' messages (slog.Default() by default).
+	Log *slog.Logger
+	// NodeGracePeriod is how long a node may go without renewing its Lease before it is
+	// marked Unknown and tainted unreachable (40 s by default).
+	NodeGracePeriod time.Duration
+}
+
 // Run runs every controller against the API server cfg points at until ctx ends, or until
 // one of them fails (it then stops the others and returns that error).
-func Run(ctx context.Context, cfg *rest.Config, log *slog.Logger) error {
+func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
+	log := opts.Log
 	if log == nil {
 		log = slog.Default()
 	}
@@ -47,6 +63,15 @@ func Run(ctx context.Context, cfg *rest.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("metadata client: %w", err)
 	}
+	// Events go through one broadcaster; each controller records as its own component
+	// (replicaset-controller, deployment-controller ...), as kube-controller-manager's do.
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := func(component string) record.EventRecorder {
+		return broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: component})
+	}
+
 	// One informer per resource, shared by every controller that watches it.
 	kubeInformers := informers.NewSharedInformerFactory(kube, 0)
 	metaInformers := metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0,
@@ -60,13 +85,19 @@ func Run(ctx context.Context, cfg *rest.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("namespace controller: %w", err)
 	}
-	// Issue 4 adds the workload controllers (deployment, replicaset, job ...) to this list,
-	// built the same way from the shared factories, and wraps everything below in leader
-	// election (client-go tools/leaderelection on a coordination.k8s.io Lease) so that only one
-	// of several servers runs them.
+	nodes, err := nodelifecycle.New(kube, kubeInformers, nodelifecycle.Options{
+		GracePeriod: opts.NodeGracePeriod,
+		Log:         log.With("controller", "nodelifecycle"),
+		Recorder:    recorder("node-controller"),
+	})
+	if err != nil {
+		return fmt.Errorf("node lifecycle controller: %w", err)
+	}
+	// RunElected (leader.go) runs all of this only while this process holds the Lease.
 	running := map[string]controller{
 		"garbagecollector": gc,
 		"namespace":        ns,
+		"nodelifecycle":    nodes,
 	}
 
 	g, ctx := errgroup.WithContext(ctx)

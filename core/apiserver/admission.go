@@ -1,0 +1,50 @@
+package apiserver
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"berth.dev/berth/core/registry"
+)
+
+// defaultTolerationSeconds is how long a pod stays on a node that became not-ready or
+// unreachable before it is evicted, unless it says otherwise (Kubernetes' default: 300 s).
+const defaultTolerationSeconds = 300
+
+// admitCreate applies the mutating admission berth has, as Kubernetes' plugins of the same
+// name would, to an object about to be created (after defaulting, before validation).
+func (h *Handler) admitCreate(res *registry.Resource, obj runtime.Object) {
+	if pod, ok := obj.(*corev1.Pod); ok && res.Group == "" && res.Resource == "pods" {
+		addDefaultTolerations(pod, h.tolerationSeconds())
+	}
+}
+
+func (h *Handler) tolerationSeconds() int64 {
+	if h.DefaultTolerationSeconds > 0 {
+		return h.DefaultTolerationSeconds
+	}
+	return defaultTolerationSeconds
+}
+
+// addDefaultTolerations is the DefaultTolerationSeconds admission plugin: a pod that does not
+// already tolerate the node.kubernetes.io/not-ready and unreachable NoExecute taints gets
+// tolerations of them for seconds, so the node lifecycle controller evicts it that long after
+// its node fails rather than at once.
+func addDefaultTolerations(pod *corev1.Pod, seconds int64) {
+	for _, key := range []string{corev1.TaintNodeNotReady, corev1.TaintNodeUnreachable} {
+		taint := &corev1.Taint{Key: key, Effect: corev1.TaintEffectNoExecute}
+		tolerated := false
+		for i := range pod.Spec.Tolerations {
+			if pod.Spec.Tolerations[i].ToleratesTaint(taint) {
+				tolerated = true
+				break
+			}
+		}
+		if !tolerated {
+			s := seconds
+			pod.Spec.Tolerations = append(pod.Spec.Tolerations, corev1.Toleration{
+				Key: key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: &s,
+			})
+		}
+	}
+}
