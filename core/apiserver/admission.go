@@ -1,6 +1,8 @@
 package apiserver
 
 import (
+	"context"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
@@ -11,12 +13,27 @@ import (
 // unreachable before it is evicted, unless it says otherwise (Kubernetes' default: 300 s).
 const defaultTolerationSeconds = 300
 
-// admitCreate applies the mutating admission berth has, as Kubernetes' plugins of the same
-// name would, to an object about to be created (after defaulting, before validation).
-func (h *Handler) admitCreate(res *registry.Resource, obj runtime.Object) {
-	if pod, ok := obj.(*corev1.Pod); ok && res.Group == "" && res.Resource == "pods" {
+// mutateCreate applies the mutating admission berth has, as Kubernetes' plugins of the same
+// name would, to an object about to be created (after defaulting, before validation):
+// LimitRanger's defaults and DefaultTolerationSeconds.
+func (h *Handler) mutateCreate(res *registry.Resource, obj runtime.Object) error {
+	if err := h.policies.mutateLimits(res, obj); err != nil {
+		return err
+	}
+	if pod, ok := obj.(*corev1.Pod); ok {
 		addDefaultTolerations(pod, h.tolerationSeconds())
 	}
+	return nil
+}
+
+// validateCreate applies the validating admission to a valid object about to be created:
+// LimitRanger's bounds, then ResourceQuota, which charges the object to the namespace's
+// quotas and so must come last.
+func (h *Handler) validateCreate(ctx context.Context, res *registry.Resource, obj runtime.Object, dry bool) error {
+	if err := h.policies.validateLimits(res, obj); err != nil {
+		return err
+	}
+	return h.policies.chargeQuota(ctx, res, obj, dry)
 }
 
 func (h *Handler) tolerationSeconds() int64 {

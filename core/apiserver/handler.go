@@ -28,6 +28,7 @@ type Handler struct {
 	store      *storage.Store
 	openapi    *openapi.Service
 	namespaces *namespaceCache
+	policies   *policies
 	fields     fieldManagers
 	mux        *http.ServeMux
 	// authenticate returns the request's user; nil means every request is allowed (tests).
@@ -46,6 +47,10 @@ func NewHandler(ctx context.Context, store *storage.Store, authenticate func(*ht
 	}
 	h := &Handler{store: store, openapi: oa, authenticate: authenticate, mux: http.NewServeMux()}
 	h.namespaces, err = newNamespaceCache(ctx, store)
+	if err != nil {
+		return nil, err
+	}
+	h.policies, err = newPolicies(ctx, store)
 	if err != nil {
 		return nil, err
 	}

@@ -120,7 +120,9 @@ func (h *Handler) createObject(ctx context.Context, res *registry.Resource, name
 	m.SetSelfLink("")
 	res.Default(obj)
 	res.PrepareForCreate(obj)
-	h.admitCreate(res, obj)
+	if err := h.mutateCreate(res, obj); err != nil {
+		return nil, err
+	}
 	if errs := res.ValidateCreate(obj); len(errs) > 0 {
 		return nil, invalid(res, m.GetName(), errs)
 	}
@@ -128,6 +130,9 @@ func (h *Handler) createObject(ctx context.Context, res *registry.Resource, name
 		if err := h.namespaces.admit(ctx, m.GetNamespace()); err != nil {
 			return nil, err
 		}
+	}
+	if err := h.validateCreate(ctx, res, obj, dry); err != nil {
+		return nil, err
 	}
 	setTypeMeta(obj, res)
 	if dry {

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -172,6 +174,75 @@ func TestControllersAgainstServer(t *testing.T) {
 		p, err := kube.CoreV1().Pods(ns).Get(ctx, "patient", metav1.GetOptions{})
 		if err != nil || p.DeletionTimestamp != nil {
 			t.Errorf("the pod tolerating 300 s went early (err %v)", err)
+		}
+	})
+
+	t.Run("quota and limit range", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "quota")
+		if _, err := kube.CoreV1().ResourceQuotas(ns).Create(ctx, &corev1.ResourceQuota{
+			ObjectMeta: metav1.ObjectMeta{Name: "compute"},
+			Spec:       corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{"pods": resource.MustParse("2"), "requests.cpu": resource.MustParse("1")}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kube.CoreV1().LimitRanges(ns).Create(ctx, &corev1.LimitRange{
+			ObjectMeta: metav1.ObjectMeta{Name: "defaults"},
+			Spec: corev1.LimitRangeSpec{Limits: []corev1.LimitRangeItem{{
+				Type:           corev1.LimitTypeContainer,
+				DefaultRequest: corev1.ResourceList{"cpu": resource.MustParse("400m")},
+				Max:            corev1.ResourceList{"cpu": resource.MustParse("1")},
+			}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Creates wait until the controller has filled the quota's status in.
+		waitFor(t, "the quota controller publishes status.hard", func() (bool, error) {
+			q, err := kube.CoreV1().ResourceQuotas(ns).Get(ctx, "compute", metav1.GetOptions{})
+			return err == nil && len(q.Status.Hard) == 2, err
+		})
+		newPod := func(name, cpuLimit string) *corev1.Pod {
+			c := corev1.Container{Name: "c", Image: "busybox"}
+			if cpuLimit != "" {
+				c.Resources.Limits = corev1.ResourceList{"cpu": resource.MustParse(cpuLimit)}
+			}
+			return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{Containers: []corev1.Container{c}}}
+		}
+		p1, err := kube.CoreV1().Pods(ns).Create(ctx, newPod("p1", ""), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p1.Spec.Containers[0].Resources.Requests.Cpu().String(); got != "400m" {
+			t.Errorf("the LimitRange's default request: cpu %s, want 400m", got)
+		}
+		_, err = kube.CoreV1().Pods(ns).Create(ctx, newPod("toobig", "2"), metav1.CreateOptions{})
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "maximum cpu usage per Container is 1, but limit is 2") {
+			t.Errorf("a pod over the LimitRange's max: %v, want Forbidden naming the maximum", err)
+		}
+		if _, err := kube.CoreV1().Pods(ns).Create(ctx, newPod("p2", ""), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = kube.CoreV1().Pods(ns).Create(ctx, newPod("p3", ""), metav1.CreateOptions{})
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "exceeded quota: compute") {
+			t.Fatalf("a third pod: %v, want Forbidden: exceeded quota: compute", err)
+		}
+		if _, err := kube.CoreV1().Pods(ns).Get(ctx, "p3", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the refused pod was stored: %v", err)
+		}
+		// Deleting a pod gives its share back, so another fits.
+		if err := kube.CoreV1().Pods(ns).Delete(ctx, "p1", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the quota's usage drops to 1 pod", func() (bool, error) {
+			q, err := kube.CoreV1().ResourceQuotas(ns).Get(ctx, "compute", metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			used := q.Status.Used["pods"]
+			return used.Value() == 1, nil
+		})
+		if _, err := kube.CoreV1().Pods(ns).Create(ctx, newPod("p3", ""), metav1.CreateOptions{}); err != nil {
+			t.Errorf("a pod after another was deleted: %v", err)
 		}
 	})
 

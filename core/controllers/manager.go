@@ -23,6 +23,7 @@ import (
 	"berth.dev/berth/core/controllers/garbagecollector"
 	"berth.dev/berth/core/controllers/namespace"
 	"berth.dev/berth/core/controllers/nodelifecycle"
+	"berth.dev/berth/core/controllers/resourcequota"
 )
 
 // controller is what the manager runs: Run blocks until ctx ends, or fails.
@@ -93,11 +94,16 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("node lifecycle controller: %w", err)
 	}
+	quotas, err := resourcequota.New(kube, kubeInformers, resourcequota.Options{Log: log.With("controller", "resourcequota")})
+	if err != nil {
+		return fmt.Errorf("resource quota controller: %w", err)
+	}
 	// RunElected (leader.go) runs all of this only while this process holds the Lease.
 	running := map[string]controller{
 		"garbagecollector": gc,
 		"namespace":        ns,
 		"nodelifecycle":    nodes,
+		"resourcequota":    quotas,
 	}
 
 	g, ctx := errgroup.WithContext(ctx)

@@ -136,3 +136,16 @@ func (r *Resource) ConvertTo(obj runtime.Object, to *Resource) (runtime.Object, 
 	out.GetObjectKind().SetGroupVersionKind(to.GVK())
 	return out, nil
 }
+
+// Internal returns a copy of obj converted to its internal type, the one k8s.io/kubernetes'
+// admission code (LimitRanger, for example) works on.
+func (r *Resource) Internal(obj runtime.Object) (runtime.Object, error) { return r.toInternal(obj) }
+
+// SetFromInternal converts in, an internal object of r, back into the caller's external obj.
+func (r *Resource) SetFromInternal(obj, in runtime.Object) error {
+	out, err := r.fromInternal(in)
+	if err != nil {
+		return err
+	}
+	return overwrite(obj, out)
+}
