@@ -16,8 +16,8 @@ const defaultTolerationSeconds = 300
 // mutateCreate applies the mutating admission berth has, as Kubernetes' plugins of the same
 // name would, to an object about to be created (after defaulting, before validation):
 // LimitRanger's defaults and DefaultTolerationSeconds.
-func (h *Handler) mutateCreate(res *registry.Resource, obj runtime.Object) error {
-	if err := h.policies.mutateLimits(res, obj); err != nil {
+func (h *Handler) mutateCreate(ctx context.Context, res *registry.Resource, obj runtime.Object) error {
+	if err := h.policies.mutateLimits(ctx, res, obj); err != nil {
 		return err
 	}
 	if pod, ok := obj.(*corev1.Pod); ok {
@@ -30,7 +30,7 @@ func (h *Handler) mutateCreate(res *registry.Resource, obj runtime.Object) error
 // LimitRanger's bounds, then ResourceQuota, which charges the object to the namespace's
 // quotas and so must come last.
 func (h *Handler) validateCreate(ctx context.Context, res *registry.Resource, obj runtime.Object, dry bool) error {
-	if err := h.policies.validateLimits(res, obj); err != nil {
+	if err := h.policies.validateLimits(ctx, res, obj); err != nil {
 		return err
 	}
 	return h.policies.chargeQuota(ctx, res, obj, dry)

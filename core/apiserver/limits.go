@@ -47,12 +47,15 @@ func newPolicies(ctx context.Context, store *storage.Store) (*policies, error) {
 
 // mutateLimits is LimitRanger's mutating half: containers without requests or limits get
 // the defaults of the namespace's LimitRanges (type Container).
-func (p *policies) mutateLimits(res *registry.Resource, obj runtime.Object) error {
+func (p *policies) mutateLimits(ctx context.Context, res *registry.Resource, obj runtime.Object) error {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
 		return nil
 	}
-	ranges := p.limits.list(pod.Namespace)
+	ranges, err := p.limits.lookup(ctx, pod.Namespace)
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
 	if len(ranges) == 0 {
 		return nil
 	}
@@ -73,7 +76,7 @@ func (p *policies) mutateLimits(res *registry.Resource, obj runtime.Object) erro
 
 // validateLimits is LimitRanger's validating half: min, max and limit/request ratios of the
 // namespace's LimitRanges for pods, containers and claims.
-func (p *policies) validateLimits(res *registry.Resource, obj runtime.Object) error {
+func (p *policies) validateLimits(ctx context.Context, res *registry.Resource, obj runtime.Object) error {
 	m, err := meta.Accessor(obj)
 	if err != nil {
 		return nil
@@ -89,7 +92,10 @@ func (p *policies) validateLimits(res *registry.Resource, obj runtime.Object) er
 	default:
 		return nil
 	}
-	ranges := p.limits.list(m.GetNamespace())
+	ranges, err := p.limits.lookup(ctx, m.GetNamespace())
+	if err != nil {
+		return apierrors.NewInternalError(err)
+	}
 	if len(ranges) == 0 {
 		return nil
 	}
@@ -116,8 +122,12 @@ func (p *policies) chargeQuota(ctx context.Context, res *registry.Resource, obj 
 		return nil
 	}
 	ns := m.GetNamespace()
+	refreshed := false
 	for attempt := 0; ; attempt++ {
-		cached := p.quotas.list(ns)
+		cached, err := p.quotas.lookup(ctx, ns)
+		if err != nil {
+			return apierrors.NewInternalError(err)
+		}
 		if len(cached) == 0 {
 			return nil
 		}
@@ -128,12 +138,36 @@ func (p *policies) chargeQuota(ctx context.Context, res *registry.Resource, obj 
 			evaluator = generic.NewObjectCountEvaluator(gr, nil, "")
 		}
 		quotas := make([]corev1.ResourceQuota, len(cached))
+		unprocessed := false
 		for i, o := range cached {
 			quotas[i] = *o.(*corev1.ResourceQuota)
+			if len(quotas[i].Status.Hard) == 0 && len(quotas[i].Spec.Hard) > 0 {
+				// Kubernetes' evaluators ignore a quota whose status the controller has not
+				// filled in yet, so a create would go uncharged: take the spec's limits, which
+				// makes CheckRequest refuse with "status unknown for quota" until it has.
+				quotas[i].Status.Hard = quotas[i].Spec.Hard
+				unprocessed = true
+			}
+		}
+		if unprocessed && !refreshed {
+			refreshed = true // the cache may lag the controller's status write
+			if err := p.quotas.refresh(ctx, ns); err != nil {
+				return apierrors.NewInternalError(err)
+			}
+			continue
 		}
 		attrs := admission.NewAttributesRecord(obj, nil, res.GVK(), ns, m.GetName(), res.GVR(), "", admission.Create, nil, dry, nil)
 		charged, err := resourcequotaadmission.CheckRequest(quotas, attrs, evaluator, nil)
 		if err != nil {
+			if apierrors.IsForbidden(err) && !refreshed {
+				// The cache may lag a usage the quota controller just gave back: refuse only
+				// on what etcd holds.
+				refreshed = true
+				if rerr := p.quotas.refresh(ctx, ns); rerr != nil {
+					return apierrors.NewInternalError(rerr)
+				}
+				continue
+			}
 			if apierrors.IsForbidden(err) {
 				return err
 			}

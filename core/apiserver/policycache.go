@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"berth.dev/berth/core/registry"
@@ -23,14 +26,21 @@ type policyCache struct {
 	prefix string
 	mu     sync.RWMutex
 	byNS   map[string]map[string]runtime.Object // namespace -> name -> object (resourceVersion set)
+	// checked is when a namespace that the cache showed empty was last read from the store.
+	checked map[string]time.Time
 }
+
+// liveLookupTTL is how long a namespace found empty in the store is believed empty, as
+// Kubernetes' LimitRanger and quota admission do (30 s): the watch, not a read per create,
+// brings what is created after that.
+const liveLookupTTL = 30 * time.Second
 
 func newPolicyCache(ctx context.Context, store *storage.Store, resource string) (*policyCache, error) {
 	res, ok := registry.Lookup("", "v1", resource)
 	if !ok {
 		return nil, fmt.Errorf("no resource v1 %s", resource)
 	}
-	c := &policyCache{res: res, store: store, prefix: collectionPrefix(res, ""), byNS: map[string]map[string]runtime.Object{}}
+	c := &policyCache{res: res, store: store, prefix: collectionPrefix(res, ""), byNS: map[string]map[string]runtime.Object{}, checked: map[string]time.Time{}}
 	rev, err := c.relist(ctx)
 	if err != nil {
 		return nil, err
@@ -82,6 +92,14 @@ func (c *policyCache) apply(t storage.EventType, key string, value []byte, rev i
 		delete(c.byNS[ns], name)
 		return
 	}
+	if have, ok := c.byNS[ns][name]; ok && rev > 0 {
+		// put may have recorded a newer version than this event's.
+		if m, err := meta.Accessor(have); err == nil && m.GetResourceVersion() != "" && m.GetResourceVersion() > "" {
+			if cur, err := strconv.ParseInt(m.GetResourceVersion(), 10, 64); err == nil && cur > rev {
+				return
+			}
+		}
+	}
 	obj, err := decodeStored(c.res, value, rev)
 	if err != nil {
 		return
@@ -90,6 +108,51 @@ func (c *policyCache) apply(t storage.EventType, key string, value []byte, rev i
 		c.byNS[ns] = map[string]runtime.Object{}
 	}
 	c.byNS[ns][name] = obj
+}
+
+// lookup returns a namespace's objects like list, but when the cache has none it reads the
+// store (at most once per liveLookupTTL per namespace), so that an object created a moment
+// ago, whose watch event is still on its way, is not missed.
+func (c *policyCache) lookup(ctx context.Context, ns string) ([]runtime.Object, error) {
+	if objs := c.list(ns); len(objs) > 0 {
+		return objs, nil
+	}
+	now := time.Now()
+	c.mu.RLock()
+	at, ok := c.checked[ns]
+	c.mu.RUnlock()
+	if ok && now.Sub(at) < liveLookupTTL {
+		return nil, nil
+	}
+	if err := c.refresh(ctx, ns); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if len(c.checked) > 10000 {
+		clear(c.checked)
+	}
+	c.checked[ns] = now
+	c.mu.Unlock()
+	return c.list(ns), nil
+}
+
+// refresh reads one namespace's objects from the store, for when the watch may lag.
+func (c *policyCache) refresh(ctx context.Context, ns string) error {
+	prefix := collectionPrefix(c.res, ns)
+	list, err := c.store.List(ctx, prefix, storage.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list %s in %s: %w", c.res.Resource, ns, err)
+	}
+	fresh := map[string]runtime.Object{}
+	for _, o := range list.Items {
+		if obj, err := decodeStored(c.res, o.Value, o.Revision); err == nil {
+			fresh[strings.TrimPrefix(o.Key, prefix)] = obj
+		}
+	}
+	c.mu.Lock()
+	c.byNS[ns] = fresh
+	c.mu.Unlock()
+	return nil
 }
 
 // put records an object the server itself just wrote, ahead of its watch event.

@@ -120,7 +120,7 @@ func (h *Handler) createObject(ctx context.Context, res *registry.Resource, name
 	m.SetSelfLink("")
 	res.Default(obj)
 	res.PrepareForCreate(obj)
-	if err := h.mutateCreate(res, obj); err != nil {
+	if err := h.mutateCreate(ctx, res, obj); err != nil {
 		return nil, err
 	}
 	if errs := res.ValidateCreate(obj); len(errs) > 0 {

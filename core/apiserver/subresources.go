@@ -2,8 +2,10 @@ package apiserver
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -247,24 +249,38 @@ func (q *request) serveEviction() {
 	writeJSON(q.w, http.StatusCreated, s)
 }
 
-// checkDisruptionBudgets refuses an eviction that a matching budget has no room for. A pod that
-// is not running does not count against a budget, as in Kubernetes.
+// checkDisruptionBudgets refuses an eviction that the pod's budget has no room for and
+// otherwise charges it to the budget, as Kubernetes' eviction does: disruptionsAllowed goes
+// down by one and the pod is listed in disruptedPods (the disruption controller takes it
+// off again once the pod is being deleted, or after two minutes). A pod that is not
+// running does not count against a budget.
 func (q *request) checkDisruptionBudgets(pod *corev1.Pod) error {
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodPending {
 		return nil
 	}
 	pdbRes, _ := registry.Lookup("policy", "v1", "poddisruptionbudgets")
-	sub := &request{h: q.h, w: q.w, r: q.r, info: requestInfo{Namespace: pod.Namespace}, res: pdbRes}
-	list, err := q.h.listObjects(sub, collectionPrefix(pdbRes, pod.Namespace), listOptions{sel: selector{labels: labels.Everything(), fields: everythingFields()}})
-	if err != nil {
-		return err
-	}
-	for _, o := range list.items {
-		pdb := o.(*policyv1.PodDisruptionBudget)
-		sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
-		if err != nil || sel.Empty() || !sel.Matches(labels.Set(pod.Labels)) {
-			continue
+	for attempt := 0; ; attempt++ {
+		sub := &request{h: q.h, w: q.w, r: q.r, info: requestInfo{Namespace: pod.Namespace}, res: pdbRes}
+		list, err := q.h.listObjects(sub, collectionPrefix(pdbRes, pod.Namespace), listOptions{sel: selector{labels: labels.Everything(), fields: everythingFields()}})
+		if err != nil {
+			return err
 		}
+		var matching []*policyv1.PodDisruptionBudget
+		for _, o := range list.items {
+			pdb := o.(*policyv1.PodDisruptionBudget)
+			sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+			if err != nil || sel.Empty() || !sel.Matches(labels.Set(pod.Labels)) {
+				continue
+			}
+			matching = append(matching, pdb)
+		}
+		switch {
+		case len(matching) == 0:
+			return nil
+		case len(matching) > 1:
+			return apierrors.NewInternalError(errors.New("this pod has more than one PodDisruptionBudget, which the eviction subresource does not support"))
+		}
+		pdb := matching[0]
 		if pdb.Status.ObservedGeneration < pdb.Generation || pdb.Status.DisruptionsAllowed <= 0 {
 			return &apierrors.StatusError{ErrStatus: metav1.Status{
 				Status: metav1.StatusFailure, Code: http.StatusTooManyRequests, Reason: metav1.StatusReasonTooManyRequests,
@@ -273,8 +289,27 @@ func (q *request) checkDisruptionBudgets(pod *corev1.Pod) error {
 					Message: fmt.Sprintf("The disruption budget %s needs %d healthy pods and has %d currently", pdb.Name, pdb.Status.DesiredHealthy, pdb.Status.CurrentHealthy)}}},
 			}}
 		}
+		pdb.Status.DisruptionsAllowed--
+		if pdb.Status.DisruptedPods == nil {
+			pdb.Status.DisruptedPods = map[string]metav1.Time{}
+		}
+		pdb.Status.DisruptedPods[pod.Name] = metav1.Now()
+		rev, err := strconv.ParseInt(pdb.ResourceVersion, 10, 64)
+		if err != nil {
+			return apierrors.NewInternalError(err)
+		}
+		data, err := encodeForStore(pdbRes, pdb)
+		if err != nil {
+			return apierrors.NewInternalError(err)
+		}
+		_, err = q.h.store.Update(q.ctx(), objectKey(pdbRes, pdb.Namespace, pdb.Name), data, rev)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, storage.ErrConflict) || attempt >= maxConflictRetries {
+			return q.storageError(err, pdb.Name)
+		}
 	}
-	return nil
 }
 
 // serveStreaming answers log, exec, attach and port-forward, which the node agent serves: the

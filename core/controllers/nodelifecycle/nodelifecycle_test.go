@@ -142,7 +142,7 @@ func TestSilentNodeIsMarkedTaintedAndEvicted(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	wait := h.reconcile("n1")
+	h.reconcile("n1")
 	ctx := context.Background()
 	n, _ := h.kube.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
 	if c := condition(n, corev1.NodeReady); c.Status != corev1.ConditionUnknown || c.Reason != "NodeStatusUnknown" {
@@ -158,7 +158,7 @@ func TestSilentNodeIsMarkedTaintedAndEvicted(t *testing.T) {
 		t.Errorf("taints %v, want unreachable NoSchedule and NoExecute", n.Spec.Taints)
 	}
 	// The NoExecute taint came in the same pass; the next pass evicts.
-	wait = h.reconcile("n1")
+	wait := h.reconcile("n1")
 	if _, err := h.kube.CoreV1().Pods("default").Get(ctx, "intolerant", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("pod without a toleration: err %v, want it evicted", err)
 	}

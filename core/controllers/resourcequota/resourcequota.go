@@ -95,23 +95,34 @@ func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opt
 		evaluators = append(evaluators, generic.NewObjectCountEvaluator(gvr.GroupResource(), generic.ListResourceUsingListerFunc(listers, gvr), ""))
 	}
 	c.registry = generic.NewRegistry(evaluators)
+	changed := quotainstall.DefaultUpdateFilter()
 
 	enqueueQuota := func(obj any) {
 		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
 			c.queue.Add(key)
 		}
 	}
+	// Only a new quota or a changed spec.hard needs a recount: admission's charges to
+	// status.used are quota updates too, and recounting on those from a pod informer that has
+	// not seen the charged pod yet (it is stored after its charge) would undo them.
 	reg, err := quotaInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    enqueueQuota,
-		UpdateFunc: func(_, obj any) { enqueueQuota(obj) },
+		AddFunc: enqueueQuota,
+		UpdateFunc: func(old, obj any) {
+			o, ok1 := old.(*corev1.ResourceQuota)
+			n, ok2 := obj.(*corev1.ResourceQuota)
+			if ok1 && ok2 && (!quota.Equals(o.Spec.Hard, n.Spec.Hard) || !quota.Equals(n.Spec.Hard, n.Status.Hard)) {
+				enqueueQuota(obj)
+			}
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("watch resourcequotas: %w", err)
 	}
 	c.synced = append(c.synced, reg.HasSynced)
-	// Any change to a counted object may change its namespace's usage: recompute the
-	// namespace's quotas (there are few). Creates are charged by admission already, but a
-	// recount is cheap and corrects a charge whose create then failed.
+	// A delete, or an update that lowers usage (a pod finishing, a service changing type),
+	// gives usage back: recompute the namespace's quotas (there are few). Creates are not
+	// watched, as in Kubernetes: admission charged them already, and a recount from an
+	// informer that has not seen the newest create yet would undo that charge.
 	enqueueNamespace := func(obj any) {
 		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = tomb.Obj
@@ -134,8 +145,11 @@ func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opt
 			return nil, fmt.Errorf("informer for %s: %w", gvr, err)
 		}
 		reg, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    enqueueNamespace,
-			UpdateFunc: func(_, obj any) { enqueueNamespace(obj) },
+			UpdateFunc: func(old, obj any) {
+				if changed(gvr, old, obj) {
+					enqueueNamespace(obj)
+				}
+			},
 			DeleteFunc: enqueueNamespace,
 		})
 		if err != nil {
@@ -210,6 +224,7 @@ func (c *Controller) Reconcile(ctx context.Context, key string) (reconcile.Resul
 	updated := q.DeepCopy()
 	updated.Status.Hard = q.Spec.Hard.DeepCopy()
 	updated.Status.Used = merged
+	c.opts.Log.Debug("quota usage recounted", "quota", key, "used", merged, "was", q.Status.Used)
 	if _, err := c.kube.CoreV1().ResourceQuotas(ns).UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
 		if apierrors.IsConflict(err) {
 			return reconcile.Result{Requeue: true}, nil // admission charged it meanwhile: recount
