@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"berth.dev/berth/core/apiserver"
 	"berth.dev/berth/core/controllers"
@@ -125,10 +126,14 @@ func addControllerFlags(f *pflag.FlagSet, opts *controllers.Options) {
 	f.DurationVar(&opts.NodeGracePeriod, "node-monitor-grace-period", 40*time.Second, "how long a node may go without renewing its Lease before it is marked Unknown and its pods are evicted")
 }
 
+// newLogger returns berth's logger, and routes client-go's klog messages (leader election,
+// informers) through it so that the process logs in one format.
 func newLogger(verbose bool) *slog.Logger {
 	level := slog.LevelInfo
 	if verbose {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	klog.SetSlogLogger(log.With("component", "client-go"))
+	return log
 }

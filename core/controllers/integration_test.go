@@ -12,9 +12,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -243,6 +245,51 @@ func TestControllersAgainstServer(t *testing.T) {
 		})
 		if _, err := kube.CoreV1().Pods(ns).Create(ctx, newPod("p3", ""), metav1.CreateOptions{}); err != nil {
 			t.Errorf("a pod after another was deleted: %v", err)
+		}
+	})
+
+	t.Run("disruption budget and eviction", func(t *testing.T) {
+		ctx := context.Background()
+		ns := namespace(t, kube, "budget")
+		// No agent runs these pods: the test marks them Running and Ready itself.
+		for _, name := range []string{"a", "b"} {
+			p, err := kube.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "db"}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Status.Phase = corev1.PodRunning
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+			if _, err := kube.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		one := intstr.FromInt32(1)
+		if _, err := kube.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, &policyv1.PodDisruptionBudget{
+			ObjectMeta: metav1.ObjectMeta{Name: "db"},
+			Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &one, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the budget allows one disruption of two healthy pods", func() (bool, error) {
+			b, err := kube.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "db", metav1.GetOptions{})
+			return err == nil && b.Status.ObservedGeneration == b.Generation && b.Status.CurrentHealthy == 2 &&
+				b.Status.DesiredHealthy == 1 && b.Status.ExpectedPods == 2 && b.Status.DisruptionsAllowed == 1, err
+		})
+		evict := func(name string) error {
+			return kube.PolicyV1().Evictions(ns).Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}})
+		}
+		if err := evict("a"); err != nil {
+			t.Fatalf("the first eviction: %v", err)
+		}
+		err := evict("b")
+		if !apierrors.IsTooManyRequests(err) || !strings.Contains(err.Error(), "disruption budget") {
+			t.Fatalf("the second eviction: %v, want 429 naming the disruption budget", err)
+		}
+		if p, err := kube.CoreV1().Pods(ns).Get(ctx, "b", metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil {
+			t.Errorf("the pod whose eviction was refused is being deleted (err %v)", err)
 		}
 	})
 

@@ -20,10 +20,17 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 
+	"berth.dev/berth/core/controllers/cronjob"
+	"berth.dev/berth/core/controllers/daemonset"
+	"berth.dev/berth/core/controllers/deployment"
+	"berth.dev/berth/core/controllers/disruption"
 	"berth.dev/berth/core/controllers/garbagecollector"
+	"berth.dev/berth/core/controllers/job"
 	"berth.dev/berth/core/controllers/namespace"
 	"berth.dev/berth/core/controllers/nodelifecycle"
+	"berth.dev/berth/core/controllers/replicaset"
 	"berth.dev/berth/core/controllers/resourcequota"
+	"berth.dev/berth/core/controllers/statefulset"
 )
 
 // controller is what the manager runs: Run blocks until ctx ends, or fails.
@@ -78,32 +85,54 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	metaInformers := metadatainformer.NewSharedInformerFactoryWithOptions(meta, 0,
 		metadatainformer.WithTransform(dropManagedFields))
 
-	gc, err := garbagecollector.New(meta, metaInformers, garbagecollector.Options{Log: log.With("controller", "garbagecollector")})
-	if err != nil {
-		return fmt.Errorf("garbage collector: %w", err)
+	// Every controller, by name, with what builds it and registers its informers.
+	type builder struct {
+		name  string
+		build func(log *slog.Logger) (controller, error)
 	}
-	ns, err := namespace.New(kube, meta, kubeInformers, namespace.Options{Log: log.With("controller", "namespace")})
-	if err != nil {
-		return fmt.Errorf("namespace controller: %w", err)
-	}
-	nodes, err := nodelifecycle.New(kube, kubeInformers, nodelifecycle.Options{
-		GracePeriod: opts.NodeGracePeriod,
-		Log:         log.With("controller", "nodelifecycle"),
-		Recorder:    recorder("node-controller"),
-	})
-	if err != nil {
-		return fmt.Errorf("node lifecycle controller: %w", err)
-	}
-	quotas, err := resourcequota.New(kube, kubeInformers, resourcequota.Options{Log: log.With("controller", "resourcequota")})
-	if err != nil {
-		return fmt.Errorf("resource quota controller: %w", err)
+	builders := []builder{
+		{"garbagecollector", func(l *slog.Logger) (controller, error) {
+			return garbagecollector.New(meta, metaInformers, garbagecollector.Options{Log: l})
+		}},
+		{"namespace", func(l *slog.Logger) (controller, error) {
+			return namespace.New(kube, meta, kubeInformers, namespace.Options{Log: l})
+		}},
+		{"nodelifecycle", func(l *slog.Logger) (controller, error) {
+			return nodelifecycle.New(kube, kubeInformers, nodelifecycle.Options{GracePeriod: opts.NodeGracePeriod, Log: l, Recorder: recorder("node-controller")})
+		}},
+		{"resourcequota", func(l *slog.Logger) (controller, error) {
+			return resourcequota.New(kube, kubeInformers, resourcequota.Options{Log: l})
+		}},
+		{"disruption", func(l *slog.Logger) (controller, error) {
+			return disruption.New(kube, kubeInformers, disruption.Options{Log: l, Recorder: recorder("controllermanager")})
+		}},
+		{"replicaset", func(l *slog.Logger) (controller, error) {
+			return replicaset.New(kube, kubeInformers, replicaset.Options{Log: l, Recorder: recorder("replicaset-controller")})
+		}},
+		{"deployment", func(l *slog.Logger) (controller, error) {
+			return deployment.New(kube, kubeInformers, deployment.Options{Log: l, Recorder: recorder("deployment-controller")})
+		}},
+		{"statefulset", func(l *slog.Logger) (controller, error) {
+			return statefulset.New(kube, kubeInformers, statefulset.Options{Log: l, Recorder: recorder("statefulset-controller")})
+		}},
+		{"daemonset", func(l *slog.Logger) (controller, error) {
+			return daemonset.New(kube, kubeInformers, daemonset.Options{Log: l, Recorder: recorder("daemonset-controller")})
+		}},
+		{"job", func(l *slog.Logger) (controller, error) {
+			return job.New(kube, kubeInformers, job.Options{Log: l, Recorder: recorder("job-controller")})
+		}},
+		{"cronjob", func(l *slog.Logger) (controller, error) {
+			return cronjob.New(kube, kubeInformers, cronjob.Options{Log: l, Recorder: recorder("cronjob-controller")})
+		}},
 	}
 	// RunElected (leader.go) runs all of this only while this process holds the Lease.
-	running := map[string]controller{
-		"garbagecollector": gc,
-		"namespace":        ns,
-		"nodelifecycle":    nodes,
-		"resourcequota":    quotas,
+	running := map[string]controller{}
+	for _, b := range builders {
+		c, err := b.build(log.With("controller", b.name))
+		if err != nil {
+			return fmt.Errorf("%s controller: %w", b.name, err)
+		}
+		running[b.name] = c
 	}
 
 	g, ctx := errgroup.WithContext(ctx)

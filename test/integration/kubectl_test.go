@@ -349,9 +349,13 @@ func kubectlUserScenario(t *testing.T, k kubectlRun, ns string, cs kubernetes.In
 			t.Errorf("wide pod row = %q, want 9 columns and NODE <none>", row)
 		}
 
+		// The deployment controller has rolled the template out to a ReplicaSet; no pod is
+		// ready (no node agent runs them), so none is available.
+		replicas := *deployment(t).Spec.Replicas
+		k.mustRun(t, "wait", "-n", ns, "deploy/web", "--timeout=30s", fmt.Sprintf("--for=jsonpath={.status.updatedReplicas}=%d", replicas))
 		res = k.mustRun(t, "get", "deploy", "-n", ns)
 		expectColumns(t, res, "NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE")
-		want := fmt.Sprintf("web 0/%d 0 0", *deployment(t).Spec.Replicas)
+		want := fmt.Sprintf("web 0/%d %d 0", replicas, replicas)
 		if row := tableRow(t, res, "web"); strings.Join(row[:4], " ") != want {
 			t.Errorf("deployment row = %q, want %s ...", row, want)
 		}
@@ -365,9 +369,9 @@ func kubectlUserScenario(t *testing.T, k kubectlRun, ns string, cs kubernetes.In
 	t.Run("short names", func(t *testing.T) {
 		for _, c := range []struct {
 			short string
-			want  string // a name `get -o name` must list; "" when there is none to list
+			want  string // a name `get -o name` must list (a trailing * matches a prefix); "" when there is none to list
 		}{
-			{"po", "pod/p1"}, {"svc", "service/web"}, {"deploy", "deployment.apps/web"}, {"rs", ""},
+			{"po", "pod/p1"}, {"svc", "service/web"}, {"deploy", "deployment.apps/web"}, {"rs", "replicaset.apps/web-*"},
 			{"rc", ""}, {"ns", "namespace/" + ns}, {"cm", "configmap/web-config"}, {"ds", ""},
 			{"sts", ""}, {"pv", ""}, {"pvc", "persistentvolumeclaim/web-data"}, {"ing", ""},
 		} {
@@ -380,7 +384,12 @@ func kubectlUserScenario(t *testing.T, k kubectlRun, ns string, cs kubernetes.In
 				continue
 			}
 			res := k.run(t, "get", c.short, "-n", ns, "-o", "name")
-			if res.Code != 0 || !contains(strings.Fields(res.Stdout), c.want) {
+			listed := contains(strings.Fields(res.Stdout), c.want)
+			if prefix, ok := strings.CutSuffix(c.want, "*"); ok {
+				// The deployment's ReplicaSet: web-<pod-template-hash>.
+				listed = strings.HasPrefix(strings.TrimSpace(res.Stdout), prefix)
+			}
+			if res.Code != 0 || !listed {
 				t.Errorf("get %s does not list %s:\n%s", c.short, c.want, res)
 			}
 		}
