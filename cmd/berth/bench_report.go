@@ -207,7 +207,11 @@ func writeAPIBenchText(w io.Writer, r *apiBenchResult) {
 	line("load average", m.LoadAvg+" (1, 5, 15 min, before the run)", "")
 	line("go version", r.GoVersion, "")
 	line("berth version", fmt.Sprintf("%s (server reports %s)", r.BerthVersion, r.ServerVersion), "")
-	line("run", fmt.Sprintf("%d ConfigMap creates from %d workers, embedded etcd", r.Creates, r.Workers), "")
+	controllers := "controllers off (the API server alone)"
+	if r.Controllers {
+		controllers = "controllers on (they mirror every ConfigMap)"
+	}
+	line("run", fmt.Sprintf("%d ConfigMap creates from %d workers, embedded etcd, %s", r.Creates, r.Workers, controllers), "")
 	line("elapsed", fmt.Sprintf("%.2f s", r.Elapsed.Seconds()), "")
 	line("creates/s", fmt.Sprintf("%.0f", r.CreatesPerSec), "creates/s")
 	line("create latency p50", ms(r.Latency.P50), "")

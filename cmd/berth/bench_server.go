@@ -29,16 +29,16 @@ type benchServer struct {
 	restConfig *rest.Config
 }
 
-// startBenchServer starts `binary server --data-dir dir --port 0` and returns once its
-// admin.kubeconfig exists and /readyz answers ok.
-func startBenchServer(ctx context.Context, binary, dir string, timeout time.Duration) (*benchServer, error) {
+// startBenchServer starts `binary server --data-dir dir --port 0 extra...` and returns once
+// its admin.kubeconfig exists and /readyz answers ok.
+func startBenchServer(ctx context.Context, binary, dir string, extra []string, timeout time.Duration) (*benchServer, error) {
 	logPath := filepath.Join(dir, "server.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("create server log: %w", err)
 	}
 	defer logFile.Close() // the child has its own descriptor
-	cmd := exec.Command(binary, "server", "--data-dir", dir, "--port", "0")
+	cmd := exec.Command(binary, append([]string{"server", "--data-dir", dir, "--port", "0"}, extra...)...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// A bench killed hard must not leave its server behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

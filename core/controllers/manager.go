@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			return nodelifecycle.New(kube, kubeInformers, nodelifecycle.Options{GracePeriod: opts.NodeGracePeriod, Log: l, Recorder: recorder("node-controller")})
 		}},
 		{"resourcequota", func(l *slog.Logger) (controller, error) {
-			return resourcequota.New(kube, kubeInformers, resourcequota.Options{Log: l})
+			return resourcequota.New(kube, kubeInformers, metaInformers, resourcequota.Options{Log: l})
 		}},
 		{"disruption", func(l *slog.Logger) (controller, error) {
 			return disruption.New(kube, kubeInformers, disruption.Options{Log: l, Recorder: recorder("controllermanager")})

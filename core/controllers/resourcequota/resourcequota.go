@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apiserver/pkg/quota/v1/generic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata/metadatainformer"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -30,14 +32,20 @@ import (
 	"berth.dev/berth/core/controllers/reconcile"
 )
 
-// counted are the resources whose objects are watched for quota: those Kubernetes' core
-// evaluators measure (pods, services, claims and the legacy object counts), and the
-// workloads that count/<resource>.<group> quotas name most. A count/ quota of any other
-// resource stays without usage, so admission refuses to charge it ("status unknown").
-var counted = []schema.GroupVersionResource{
+// measured are the resources whose usage Kubernetes' core evaluators compute from the
+// objects' specs (requests, limits, service types, claim sizes): they need whole objects.
+var measured = []schema.GroupVersionResource{
 	{Version: "v1", Resource: "pods"},
 	{Version: "v1", Resource: "services"},
 	{Version: "v1", Resource: "persistentvolumeclaims"},
+}
+
+// counted are the resources quotas only count (the legacy object counts, and the workloads
+// count/<resource>.<group> quotas name most): their metadata is enough, so they come from
+// the metadata informers the garbage collector keeps anyway, not from a second, whole-object
+// cache. A count/ quota of any other resource stays without usage, so admission refuses to
+// charge it ("status unknown").
+var counted = []schema.GroupVersionResource{
 	{Version: "v1", Resource: "configmaps"},
 	{Version: "v1", Resource: "secrets"},
 	{Version: "v1", Resource: "replicationcontrollers"},
@@ -70,8 +78,9 @@ type Controller struct {
 	synced   []cache.InformerSynced
 }
 
-// New builds the controller and registers its informers with factory.
-func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opts Options) (*Controller, error) {
+// New builds the controller and registers its informers with factory (whole objects, for the
+// measured resources and quotas) and metaFactory (metadata, for the counted ones).
+func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, metaFactory metadatainformer.SharedInformerFactory, opts Options) (*Controller, error) {
 	if opts.Workers <= 0 {
 		opts.Workers = 2
 	}
@@ -89,9 +98,16 @@ func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opt
 	}
 	quotaInf := factory.Core().V1().ResourceQuotas()
 	c.quotas = quotaInf.Lister()
-	listers := generic.ListerFuncForResourceFunc(factory.ForResource)
+	isMeasured := func(gvr schema.GroupVersionResource) bool { return slices.Contains(measured, gvr) }
+	informerFor := func(gvr schema.GroupVersionResource) (informers.GenericInformer, error) {
+		if isMeasured(gvr) {
+			return factory.ForResource(gvr)
+		}
+		return metaFactory.ForResource(gvr), nil
+	}
+	listers := generic.ListerFuncForResourceFunc(informerFor)
 	evaluators := quotainstall.NewQuotaConfigurationForControllers(listers).Evaluators()
-	for _, gvr := range counted[7:] { // the workloads: object counts only
+	for _, gvr := range counted[4:] { // the workloads; the legacy counts are among the core evaluators
 		evaluators = append(evaluators, generic.NewObjectCountEvaluator(gvr.GroupResource(), generic.ListResourceUsingListerFunc(listers, gvr), ""))
 	}
 	c.registry = generic.NewRegistry(evaluators)
@@ -139,8 +155,8 @@ func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opt
 			c.queue.Add(q.Namespace + "/" + q.Name)
 		}
 	}
-	for _, gvr := range counted {
-		inf, err := factory.ForResource(gvr)
+	for _, gvr := range slices.Concat(measured, counted) {
+		inf, err := informerFor(gvr)
 		if err != nil {
 			return nil, fmt.Errorf("informer for %s: %w", gvr, err)
 		}
