@@ -1,13 +1,9 @@
 package controllers_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,20 +14,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"berth.dev/berth/core/apiserver"
 	"berth.dev/berth/core/controllers"
+	"berth.dev/berth/core/controllers/internal/testserver"
 )
 
 // TestControllersAgainstServer runs the real API server in-process and the controllers
 // against it, and checks with client-go what users see: ownerReferences honoured under
 // each propagation policy, and a deleted namespace emptied and then gone.
 func TestControllersAgainstServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server with embedded etcd")
-	}
 	kube := startCluster(t)
 
 	t.Run("background", func(t *testing.T) {
@@ -48,7 +39,7 @@ func TestControllersAgainstServer(t *testing.T) {
 		bystander := configMap(t, kube, ns, "bystander")
 
 		deleteConfigMap(t, kube, ns, "owner", metav1.DeletePropagationBackground)
-		waitFor(t, "the dependents are collected", func() (bool, error) {
+		testserver.WaitFor(t, "the dependents are collected", func() (bool, error) {
 			_, err1 := kube.CoreV1().ConfigMaps(ns).Get(ctx, dep.Name, metav1.GetOptions{})
 			_, err2 := kube.CoreV1().Secrets(ns).Get(ctx, secret.Name, metav1.GetOptions{})
 			return apierrors.IsNotFound(err1) && apierrors.IsNotFound(err2), nil
@@ -66,7 +57,7 @@ func TestControllersAgainstServer(t *testing.T) {
 		dep := configMap(t, kube, ns, "dep", ownerRef(owner, true), ownerRef(other, false))
 
 		deleteConfigMap(t, kube, ns, "owner", metav1.DeletePropagationOrphan)
-		waitFor(t, "the owner goes once orphaned", gone(kube, ns, owner.Name))
+		testserver.WaitFor(t, "the owner goes once orphaned", gone(kube, ns, owner.Name))
 		got, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, dep.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatalf("the orphaned dependent: %v", err)
@@ -90,7 +81,7 @@ func TestControllersAgainstServer(t *testing.T) {
 		}
 
 		deleteConfigMap(t, kube, ns, "owner", metav1.DeletePropagationForeground)
-		waitFor(t, "the collector deletes the blocking dependent", func() (bool, error) {
+		testserver.WaitFor(t, "the collector deletes the blocking dependent", func() (bool, error) {
 			d, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, dep.Name, metav1.GetOptions{})
 			return err == nil && d.DeletionTimestamp != nil, err
 		})
@@ -111,8 +102,8 @@ func TestControllersAgainstServer(t *testing.T) {
 		if _, err := kube.CoreV1().ConfigMaps(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
 			t.Fatalf("release the dependent: %v", err)
 		}
-		waitFor(t, "the dependent goes", gone(kube, ns, dep.Name))
-		waitFor(t, "the owner goes after its dependent", gone(kube, ns, owner.Name))
+		testserver.WaitFor(t, "the dependent goes", gone(kube, ns, dep.Name))
+		testserver.WaitFor(t, "the owner goes after its dependent", gone(kube, ns, owner.Name))
 	})
 
 	t.Run("node lifecycle", func(t *testing.T) {
@@ -158,7 +149,7 @@ func TestControllersAgainstServer(t *testing.T) {
 
 		// No agent renews a Lease for the node: after the 2 s grace period it is Unknown and
 		// tainted, and the quick pod is evicted (it stays Terminating: no agent confirms).
-		waitFor(t, "the silent node is marked Unknown and tainted unreachable", func() (bool, error) {
+		testserver.WaitFor(t, "the silent node is marked Unknown and tainted unreachable", func() (bool, error) {
 			n, err := kube.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
 			if err != nil {
 				return false, err
@@ -169,7 +160,7 @@ func TestControllersAgainstServer(t *testing.T) {
 			}
 			return tainted && len(n.Status.Conditions) > 0 && n.Status.Conditions[0].Status == corev1.ConditionUnknown, nil
 		})
-		waitFor(t, "the pod tolerating 1 s is evicted", func() (bool, error) {
+		testserver.WaitFor(t, "the pod tolerating 1 s is evicted", func() (bool, error) {
 			p, err := kube.CoreV1().Pods(ns).Get(ctx, "quick", metav1.GetOptions{})
 			return apierrors.IsNotFound(err) || (err == nil && p.DeletionTimestamp != nil), nil
 		})
@@ -199,7 +190,7 @@ func TestControllersAgainstServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Creates wait until the controller has filled the quota's status in.
-		waitFor(t, "the quota controller publishes status.hard", func() (bool, error) {
+		testserver.WaitFor(t, "the quota controller publishes status.hard", func() (bool, error) {
 			q, err := kube.CoreV1().ResourceQuotas(ns).Get(ctx, "compute", metav1.GetOptions{})
 			return err == nil && len(q.Status.Hard) == 2, err
 		})
@@ -235,7 +226,7 @@ func TestControllersAgainstServer(t *testing.T) {
 		if err := kube.CoreV1().Pods(ns).Delete(ctx, "p1", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the quota's usage drops to 1 pod", func() (bool, error) {
+		testserver.WaitFor(t, "the quota's usage drops to 1 pod", func() (bool, error) {
 			q, err := kube.CoreV1().ResourceQuotas(ns).Get(ctx, "compute", metav1.GetOptions{})
 			if err != nil {
 				return false, err
@@ -273,7 +264,7 @@ func TestControllersAgainstServer(t *testing.T) {
 		}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the budget allows one disruption of two healthy pods", func() (bool, error) {
+		testserver.WaitFor(t, "the budget allows one disruption of two healthy pods", func() (bool, error) {
 			b, err := kube.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "db", metav1.GetOptions{})
 			return err == nil && b.Status.ObservedGeneration == b.Generation && b.Status.CurrentHealthy == 2 &&
 				b.Status.DesiredHealthy == 1 && b.Status.ExpectedPods == 2 && b.Status.DisruptionsAllowed == 1, err
@@ -311,7 +302,7 @@ func TestControllersAgainstServer(t *testing.T) {
 		if err := kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the namespace goes", func() (bool, error) {
+		testserver.WaitFor(t, "the namespace goes", func() (bool, error) {
 			_, err := kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
 				return true, nil
@@ -347,7 +338,7 @@ func TestControllersAgainstServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"
-		waitFor(t, "the namespace reports the finalizer holding it", func() (bool, error) {
+		testserver.WaitFor(t, "the namespace reports the finalizer holding it", func() (bool, error) {
 			n, err := kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 			if err != nil {
 				return false, err
@@ -367,7 +358,7 @@ func TestControllersAgainstServer(t *testing.T) {
 		if _, err := kube.CoreV1().ConfigMaps(ns).Update(ctx, held, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the namespace goes once its content does", func() (bool, error) {
+		testserver.WaitFor(t, "the namespace goes once its content does", func() (bool, error) {
 			_, err := kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
 				return true, nil
@@ -380,41 +371,19 @@ func TestControllersAgainstServer(t *testing.T) {
 // startCluster starts the API server and the controllers; both stop when the test ends.
 func startCluster(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	logs := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv := testserver.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := apiserver.Start(ctx, apiserver.Config{DataDir: t.TempDir(), Port: 0, Logger: log.With("component", "apiserver")})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
 	done := make(chan error, 1)
-	go func() { done <- controllers.Run(ctx, cfg, controllers.Options{Log: log.With("component", "controllers"), NodeGracePeriod: 2 * time.Second}) }()
+	go func() {
+		done <- controllers.Run(ctx, srv.Config, controllers.Options{Log: srv.Log.With("component", "controllers"), NodeGracePeriod: 2 * time.Second})
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("controllers.Run: %v", err)
 		}
-		if err := srv.Wait(); err != nil {
-			t.Logf("server stopped with: %v", err)
-		}
-		if t.Failed() || os.Getenv("BERTH_TEST_LOG") != "" {
-			t.Logf("logs:\n%s", logs.String())
-		}
 	})
-	// The test's client is client-go's default: protobuf bodies, as kubectl's typed clients.
-	testCfg := rest.CopyConfig(cfg)
-	testCfg.QPS, testCfg.Burst = 200, 400 // the waits poll
-	kube, err := kubernetes.NewForConfig(testCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kube
+	return srv.Kube
 }
 
 func namespace(t *testing.T, kube kubernetes.Interface, name string) string {
@@ -458,22 +427,6 @@ func gone(kube kubernetes.Interface, ns, name string) func() (bool, error) {
 	}
 }
 
-// waitFor polls cond for up to 30 seconds; the last error, if any, is reported on timeout.
-func waitFor(t *testing.T, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last error
-	for time.Now().Before(deadline) {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		last = err
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting: %s (last error: %v)", what, last)
-}
-
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -481,22 +434,4 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// syncBuffer collects the logs of the server and the controllers for a failing test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

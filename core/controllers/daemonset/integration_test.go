@@ -2,30 +2,22 @@ package daemonset_test
 
 import (
 	"context"
-	"log/slog"
-	"os"
 	"slices"
 	"testing"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"berth.dev/berth/core/apiserver"
 	"berth.dev/berth/core/controllers/daemonset"
+	"berth.dev/berth/core/controllers/internal/testserver"
 )
 
 // TestAgainstServer runs the real API server in-process with this controller alone. There
 // is no scheduler or kubelet yet: the daemon pods stay Pending and unbound, pinned to their
 // nodes by node affinity, and the test creates the Node objects itself.
 func TestAgainstServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server with embedded etcd")
-	}
 	kube := startServer(t)
 	ctx := context.Background()
 	const ns = "ds"
@@ -133,56 +125,18 @@ func createNode(t *testing.T, kube kubernetes.Interface, name string, labels map
 
 func startServer(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	if os.Getenv("BERTH_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := apiserver.Start(ctx, apiserver.Config{DataDir: t.TempDir(), Port: 0, Logger: log})
+	srv := testserver.Start(t)
+	factory := srv.Informers()
+	c, err := daemonset.New(srv.Kube, factory, daemonset.Options{Log: srv.Log.With("component", "daemonset"), Recorder: srv.Recorder(t, "daemonset-controller")})
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	cfg.QPS, cfg.Burst = 200, 400
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	c, err := daemonset.New(kube, factory, daemonset.Options{Log: log})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	factory.Start(ctx.Done())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		factory.Shutdown()
-		_ = srv.Wait()
-	})
-	return kube
+	srv.Run(t, factory, c)
+	return srv.Kube
 }
 
 // waitFor polls cond for up to 30 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting: %s", what)
+	testserver.WaitFor(t, what, func() (bool, error) { return cond(), nil })
 }

@@ -3,8 +3,6 @@ package deployment_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -15,26 +13,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
 
-	"berth.dev/berth/core/apiserver"
 	"berth.dev/berth/core/controllers/deployment"
+	"berth.dev/berth/core/controllers/internal/testserver"
 )
 
 // TestRolloutAgainstServer runs the real API server in-process and the Deployment
 // controller alone against it, and follows a deployment through a rolling update, a
 // rollback and a scale in the middle of a rollout, as kubectl would see them.
 func TestRolloutAgainstServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server with embedded etcd")
-	}
 	ctx := t.Context()
 	kube := start(t)
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "roll"}}, metav1.CreateOptions{}); err != nil {
@@ -94,7 +83,7 @@ func TestRolloutAgainstServer(t *testing.T) {
 	fake.pause(true)
 	sizes := recordSizes(t, kube, "roll")
 	setImage(t, kube, "nginx:3")
-	waitFor(t, "the third replica set is created with one replica", func() (bool, error) {
+	testserver.WaitFor(t, "the third replica set is created with one replica", func() (bool, error) {
 		now, err := sizesOf(ctx, kube)
 		return err == nil && len(now) == 3 && now[first.Name] == 3 && sum(now) == 4, err
 	})
@@ -112,7 +101,7 @@ func TestRolloutAgainstServer(t *testing.T) {
 	// The stand-in is held, so the rollout moves on from there (old pods that never become
 	// available are cleaned up, too many events get aggregated): the proportional step is
 	// looked for in the sizes the ReplicaSets went through.
-	waitFor(t, "proportional scaling: old 3 -> 5, new 1 -> 2", func() (bool, error) {
+	testserver.WaitFor(t, "proportional scaling: old 3 -> 5, new 1 -> 2", func() (bool, error) {
 		third := sizes.newest(first.Name, second.Name)
 		old, cur := sizes.of(first.Name), sizes.of(third)
 		return slices.Contains(old, 5) && len(cur) >= 2 && cur[0] == 1 && cur[1] == 2,
@@ -125,7 +114,7 @@ func TestRolloutAgainstServer(t *testing.T) {
 		t.Errorf("final replica set %s revision %q, want %s at 4", last.Name, last.Annotations["deployment.kubernetes.io/revision"], third)
 	}
 
-	waitFor(t, "ScalingReplicaSet events in the API", func() (bool, error) {
+	testserver.WaitFor(t, "ScalingReplicaSet events in the API", func() (bool, error) {
 		return hasEvents(ctx, kube, fmt.Sprintf("Scaled up replica set %s from 0 to 3", first.Name),
 			fmt.Sprintf("Scaled down replica set %s from 3 to 2", first.Name),
 			fmt.Sprintf("Scaled up replica set %s from 0 to 1", second.Name))
@@ -159,54 +148,14 @@ func hasEvents(ctx context.Context, kube kubernetes.Interface, messages ...strin
 // API) until the test ends, and returns a client with client-go's default content type.
 func start(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	logs := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := apiserver.Start(ctx, apiserver.Config{DataDir: t.TempDir(), Port: 0, Logger: log.With("component", "apiserver")})
+	srv := testserver.Start(t)
+	factory := srv.Informers()
+	c, err := deployment.New(srv.Kube, factory, deployment.Options{Log: srv.Log.With("component", "deployment"), Recorder: srv.Recorder(t, "deployment-controller")})
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	cfg = rest.CopyConfig(cfg)
-	cfg.QPS, cfg.Burst = 200, 400 // the waits and the stand-in poll
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "deployment-controller"})
-
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	c, err := deployment.New(kube, factory, deployment.Options{Log: log.With("component", "deployment"), Recorder: recorder})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	factory.Start(ctx.Done())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller Run: %v", err)
-		}
-		factory.Shutdown()
-		broadcaster.Shutdown()
-		if err := srv.Wait(); err != nil {
-			t.Logf("server stopped with: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("logs:\n%s", logs.String())
-		}
-	})
-	return kube
+	srv.Run(t, factory, c)
+	return srv.Kube
 }
 
 // replicaSetStandIn stands in for the ReplicaSet controller and the kubelet, neither of
@@ -258,7 +207,7 @@ func (s *replicaSetStandIn) run(ctx context.Context) {
 func waitRollout(t *testing.T, kube kubernetes.Interface, replicas int32) *appsv1.ReplicaSet {
 	t.Helper()
 	var current *appsv1.ReplicaSet
-	waitFor(t, fmt.Sprintf("rollout to %d replicas", replicas), func() (bool, error) {
+	testserver.WaitFor(t, fmt.Sprintf("rollout to %d replicas", replicas), func() (bool, error) {
 		d, err := kube.AppsV1().Deployments("roll").Get(context.Background(), "web", metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -291,7 +240,7 @@ func waitRollout(t *testing.T, kube kubernetes.Interface, replicas int32) *appsv
 // checkConditions checks the conditions of a complete deployment.
 func checkConditions(t *testing.T, kube kubernetes.Interface) {
 	t.Helper()
-	waitFor(t, "Available and NewReplicaSetAvailable", func() (bool, error) {
+	testserver.WaitFor(t, "Available and NewReplicaSetAvailable", func() (bool, error) {
 		d, err := kube.AppsV1().Deployments("roll").Get(context.Background(), "web", metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -446,39 +395,3 @@ func sum(m map[string]int32) int32 {
 	}
 	return n
 }
-
-// waitFor polls cond for up to 30 seconds; the last error, if any, is reported on timeout.
-func waitFor(t *testing.T, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last error
-	for time.Now().Before(deadline) {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		last = err
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting: %s (last error: %v)", what, last)
-}
-
-// syncBuffer collects the logs of the server and the controller for a failing test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-var _ io.Writer = (*syncBuffer)(nil)

@@ -1,12 +1,8 @@
 package job_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,15 +10,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 
-	"berth.dev/berth/core/apiserver"
+	"berth.dev/berth/core/controllers/internal/testserver"
 	"berth.dev/berth/core/controllers/job"
 )
 
@@ -32,9 +22,6 @@ import (
 // status subresource. There is no scheduler either, so pods stay unassigned and the server
 // deletes them at once when asked (once the tracking finalizer is off).
 func TestAgainstServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server with embedded etcd")
-	}
 	kube := start(t)
 	ctx := context.Background()
 	ns := "batch"
@@ -80,7 +67,7 @@ func TestAgainstServer(t *testing.T) {
 		if len(all) != 3 {
 			t.Errorf("%d pods, want 3", len(all))
 		}
-		waitFor(t, "the Completed event", func() (bool, error) {
+		testserver.WaitFor(t, "the Completed event", func() (bool, error) {
 			events, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=work"})
 			if err != nil {
 				return false, err
@@ -97,7 +84,7 @@ func TestAgainstServer(t *testing.T) {
 	t.Run("ttl after finished", func(t *testing.T) {
 		j := create(t, kube, ns, "brief", func(s *batchv1.JobSpec) { s.TTLSecondsAfterFinished = ptr[int32](0) })
 		exit(t, kube, waitForActive(t, kube, j, 1)[0], 0)
-		waitFor(t, "the finished job is deleted", func() (bool, error) {
+		testserver.WaitFor(t, "the finished job is deleted", func() (bool, error) {
 			_, err := kube.BatchV1().Jobs(ns).Get(ctx, j.Name, metav1.GetOptions{})
 			return apierrors.IsNotFound(err), err
 		})
@@ -126,55 +113,14 @@ func TestAgainstServer(t *testing.T) {
 // start runs the API server and the Job controller; both stop when the test ends.
 func start(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	logs := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := apiserver.Start(ctx, apiserver.Config{DataDir: t.TempDir(), Port: 0, Logger: log.With("component", "apiserver")})
+	srv := testserver.Start(t)
+	factory := srv.Informers()
+	c, err := job.New(srv.Kube, factory, job.Options{Log: srv.Log.With("component", "job"), Recorder: srv.Recorder(t, "job-controller")})
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	cfg = rest.CopyConfig(cfg)
-	cfg.QPS, cfg.Burst = 200, 400 // the waits poll
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	c, err := job.New(kube, factory, job.Options{
-		Log:      log.With("component", "job"),
-		Recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "job-controller"}),
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	factory.Start(ctx.Done())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		factory.Shutdown()
-		broadcaster.Shutdown()
-		if err := srv.Wait(); err != nil {
-			t.Logf("server stopped with: %v", err)
-		}
-		if t.Failed() || os.Getenv("BERTH_TEST_LOG") != "" {
-			t.Logf("logs:\n%s", logs.String())
-		}
-	})
-	return kube
+	srv.Run(t, factory, c)
+	return srv.Kube
 }
 
 func create(t *testing.T, kube kubernetes.Interface, ns, name string, edit func(*batchv1.JobSpec)) *batchv1.Job {
@@ -213,7 +159,7 @@ func controlled(kube kubernetes.Interface, j *batchv1.Job) ([]corev1.Pod, error)
 func waitForActive(t *testing.T, kube kubernetes.Interface, j *batchv1.Job, n int) []corev1.Pod {
 	t.Helper()
 	var active []corev1.Pod
-	waitFor(t, fmt.Sprintf("%d active pods of job %s", n, j.Name), func() (bool, error) {
+	testserver.WaitFor(t, fmt.Sprintf("%d active pods of job %s", n, j.Name), func() (bool, error) {
 		all, err := controlled(kube, j)
 		active = nil
 		for _, p := range all {
@@ -245,7 +191,7 @@ func exit(t *testing.T, kube kubernetes.Interface, p corev1.Pod, code int32) {
 func waitForCondition(t *testing.T, kube kubernetes.Interface, j *batchv1.Job, ct batchv1.JobConditionType) *batchv1.Job {
 	t.Helper()
 	var got *batchv1.Job
-	waitFor(t, fmt.Sprintf("job %s %s", j.Name, ct), func() (bool, error) {
+	testserver.WaitFor(t, fmt.Sprintf("job %s %s", j.Name, ct), func() (bool, error) {
 		var err error
 		got, err = kube.BatchV1().Jobs(j.Namespace).Get(context.Background(), j.Name, metav1.GetOptions{})
 		if err != nil {
@@ -266,38 +212,4 @@ func condition(j *batchv1.Job, ct batchv1.JobConditionType) *batchv1.JobConditio
 	return nil
 }
 
-// waitFor polls cond for up to 30 seconds; the last error, if any, is reported on timeout.
-func waitFor(t *testing.T, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last error
-	for time.Now().Before(deadline) {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		last = err
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting: %s (last error: %v)", what, last)
-}
-
 func ptr[T any](v T) *T { return &v }
-
-// syncBuffer collects the logs of the server and the controller for a failing test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}

@@ -1,29 +1,18 @@
 package replicaset_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
-	"sync"
 	"testing"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
 
-	"berth.dev/berth/core/apiserver"
+	"berth.dev/berth/core/controllers/internal/testserver"
 	"berth.dev/berth/core/controllers/replicaset"
 )
 
@@ -32,9 +21,6 @@ import (
 // pods Ready itself through the status subresource, and no scheduler, so pods stay
 // unassigned and their deletion is immediate.
 func TestAgainstServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server with embedded etcd")
-	}
 	kube := start(t)
 	ctx := context.Background()
 	ns := "workloads"
@@ -64,7 +50,7 @@ func TestAgainstServer(t *testing.T) {
 				t.Errorf("pod %s: controller reference %+v", p.Name, ref)
 			}
 		}
-		waitFor(t, "status.replicas is 3", func() (bool, error) {
+		testserver.WaitFor(t, "status.replicas is 3", func() (bool, error) {
 			got, err := kube.AppsV1().ReplicaSets(ns).Get(ctx, "web", metav1.GetOptions{})
 			return err == nil && got.Status.Replicas == 3 && got.Status.ObservedGeneration == got.Generation, err
 		})
@@ -74,7 +60,7 @@ func TestAgainstServer(t *testing.T) {
 		if err := kube.CoreV1().Pods(ns).Delete(ctx, victim, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the deleted pod is replaced", func() (bool, error) {
+		testserver.WaitFor(t, "the deleted pod is replaced", func() (bool, error) {
 			pods, err := controlledPods(kube, ns, rs.UID)
 			if err != nil || len(pods) != 3 {
 				return false, err
@@ -91,7 +77,7 @@ func TestAgainstServer(t *testing.T) {
 		for _, p := range waitForPods(t, kube, ns, rs.UID, 3) {
 			markReady(t, kube, &p)
 		}
-		waitFor(t, "3 ready and 3 available replicas", func() (bool, error) {
+		testserver.WaitFor(t, "3 ready and 3 available replicas", func() (bool, error) {
 			got, err := kube.AppsV1().ReplicaSets(ns).Get(ctx, "web", metav1.GetOptions{})
 			return err == nil && got.Status.ReadyReplicas == 3 && got.Status.AvailableReplicas == 3, err
 		})
@@ -110,11 +96,11 @@ func TestAgainstServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the relabelled pod is released", func() (bool, error) {
+		testserver.WaitFor(t, "the relabelled pod is released", func() (bool, error) {
 			p, err := kube.CoreV1().Pods(ns).Get(ctx, stray.Name, metav1.GetOptions{})
 			return err == nil && metav1.GetControllerOf(p) == nil, err
 		})
-		waitFor(t, "the released pod is replaced", func() (bool, error) {
+		testserver.WaitFor(t, "the released pod is replaced", func() (bool, error) {
 			pods, err := controlledPods(kube, ns, rs.UID)
 			return err == nil && len(pods) == 3, err
 		})
@@ -132,7 +118,7 @@ func TestAgainstServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "scaled down to 1", func() (bool, error) {
+		testserver.WaitFor(t, "scaled down to 1", func() (bool, error) {
 			all, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 			if err != nil {
 				return false, err
@@ -164,12 +150,12 @@ func TestAgainstServer(t *testing.T) {
 			}
 			markReady(t, kube, &p)
 		}
-		waitFor(t, "2 ready and available replicas", func() (bool, error) {
+		testserver.WaitFor(t, "2 ready and available replicas", func() (bool, error) {
 			got, err := kube.CoreV1().ReplicationControllers(ns).Get(ctx, "legacy", metav1.GetOptions{})
 			s := got.Status
 			return err == nil && s.Replicas == 2 && s.ReadyReplicas == 2 && s.AvailableReplicas == 2, err
 		})
-		waitFor(t, "a SuccessfulCreate event about the ReplicationController", func() (bool, error) {
+		testserver.WaitFor(t, "a SuccessfulCreate event about the ReplicationController", func() (bool, error) {
 			events, err := kube.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
 			if err != nil {
 				return false, err
@@ -187,55 +173,14 @@ func TestAgainstServer(t *testing.T) {
 // start starts the API server and the controller alone; both stop when the test ends.
 func start(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	logs := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := apiserver.Start(ctx, apiserver.Config{DataDir: t.TempDir(), Port: 0, Logger: log.With("component", "apiserver")})
+	srv := testserver.Start(t)
+	factory := srv.Informers()
+	c, err := replicaset.New(srv.Kube, factory, replicaset.Options{Log: srv.Log.With("component", "replicaset"), Recorder: srv.Recorder(t, "replicaset-controller")})
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	// client-go's default content type: protobuf bodies.
-	cfg.QPS, cfg.Burst = 200, 400
-	kube, err := kubernetes.NewForConfig(rest.CopyConfig(cfg))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	c, err := replicaset.New(kube, factory, replicaset.Options{
-		Log:      log.With("component", "replicaset"),
-		Recorder: broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "replicaset-controller"}),
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	factory.Start(ctx.Done())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		factory.Shutdown()
-		broadcaster.Shutdown()
-		if err := srv.Wait(); err != nil {
-			t.Logf("server stopped with: %v", err)
-		}
-		if t.Failed() || os.Getenv("BERTH_TEST_LOG") != "" {
-			t.Logf("logs:\n%s", logs.String())
-		}
-	})
-	return kube
+	srv.Run(t, factory, c)
+	return srv.Kube
 }
 
 func template(app string) corev1.PodTemplateSpec {
@@ -264,7 +209,7 @@ func controlledPods(kube kubernetes.Interface, ns string, owner types.UID) ([]co
 func waitForPods(t *testing.T, kube kubernetes.Interface, ns string, owner types.UID, n int) []corev1.Pod {
 	t.Helper()
 	var pods []corev1.Pod
-	waitFor(t, fmt.Sprintf("%d pods", n), func() (bool, error) {
+	testserver.WaitFor(t, fmt.Sprintf("%d pods", n), func() (bool, error) {
 		var err error
 		pods, err = controlledPods(kube, ns, owner)
 		return err == nil && len(pods) == n, err
@@ -290,38 +235,4 @@ func markReady(t *testing.T, kube kubernetes.Interface, pod *corev1.Pod) {
 	}
 }
 
-// waitFor polls cond for up to 30 seconds; the last error, if any, is reported on timeout.
-func waitFor(t *testing.T, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last error
-	for time.Now().Before(deadline) {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		last = err
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting: %s (last error: %v)", what, last)
-}
-
 func ptr[T any](v T) *T { return &v }
-
-// syncBuffer collects the logs of the server and the controller for a failing test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}

@@ -2,8 +2,6 @@ package statefulset_test
 
 import (
 	"context"
-	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -12,11 +10,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"berth.dev/berth/core/apiserver"
+	"berth.dev/berth/core/controllers/internal/testserver"
 	"berth.dev/berth/core/controllers/statefulset"
 )
 
@@ -24,9 +20,6 @@ import (
 // is no kubelet or scheduler yet, so the test plays the kubelet: it marks pods Running and
 // Ready through UpdateStatus, one at a time, and checks what the controller did before each.
 func TestAgainstServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an API server with embedded etcd")
-	}
 	kube := startServer(t)
 	ctx := context.Background()
 	const ns = "sts"
@@ -138,47 +131,14 @@ func TestAgainstServer(t *testing.T) {
 
 func startServer(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	var log *slog.Logger
-	if os.Getenv("BERTH_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	} else {
-		log = slog.New(slog.DiscardHandler)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := apiserver.Start(ctx, apiserver.Config{DataDir: t.TempDir(), Port: 0, Logger: log})
+	srv := testserver.Start(t)
+	factory := srv.Informers()
+	c, err := statefulset.New(srv.Kube, factory, statefulset.Options{Log: srv.Log.With("component", "statefulset"), Recorder: srv.Recorder(t, "statefulset-controller")})
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", srv.Kubeconfig)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	cfg.QPS, cfg.Burst = 200, 400
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	c, err := statefulset.New(kube, factory, statefulset.Options{Log: log})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	factory.Start(ctx.Done())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		factory.Shutdown()
-		_ = srv.Wait()
-	})
-	return kube
+	srv.Run(t, factory, c)
+	return srv.Kube
 }
 
 // markReady plays the kubelet: the pod is Running and Ready.
@@ -228,12 +188,5 @@ func waitSet(t *testing.T, kube kubernetes.Interface, ns string, ok func(*appsv1
 // waitFor polls cond for up to 30 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting: %s", what)
+	testserver.WaitFor(t, what, func() (bool, error) { return cond(), nil })
 }
