@@ -51,7 +51,7 @@ func newBenchCommand() *cobra.Command {
 		Short: "Measure berth's performance (figures to record in docs/benchmarks.md)",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newBenchAPICommand())
+	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand())
 	return cmd
 }
 

@@ -56,9 +56,11 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	}
 	cfg = rest.CopyConfig(cfg)
 	if cfg.QPS == 0 {
-		// client-go's default of 5 per second would throttle the garbage collector's and the
-		// namespace controller's bursts; kube-controller-manager allows 20 (burst 30).
-		cfg.QPS, cfg.Burst = 50, 100
+		// The controllers must never be the bottleneck (issue 4): client-go's default of 5
+		// requests/s, or kube-controller-manager's 20, would make a 1,000-pod Deployment take
+		// 50 s or more. The API server takes thousands of writes a second, so the client
+		// limit here only guards against a runaway loop.
+		cfg.QPS, cfg.Burst = 1000, 2000
 	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "berth-controller-manager"
