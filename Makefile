@@ -16,7 +16,7 @@ export PATH := $(GOBIN):$(PATH)
 # cluster) lands, this becomes: bin/berth up --data-dir $(DATA_DIR) --port $(PORT)
 UP_CMD = bin/berth server --data-dir $(DATA_DIR) --port $(PORT)
 
-.PHONY: help deps build test test-unit test-integration check vet lint boundaries tidy-check protos-check up down bench clean
+.PHONY: help deps build test test-unit test-integration check fmt-check vet lint boundaries tidy-check protos-check up down bench clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [DATA_DIR=$(DATA_DIR)] [PORT=$(PORT)]"
@@ -44,8 +44,11 @@ test-unit: ## Run the unit tests only (go test -short)
 test-integration: build ## Run the integration suite (test/integration) against bin/berth
 	@if [ -d test/integration ]; then go test -count=1 -timeout $(TEST_TIMEOUT) ./test/integration/...; else echo "no test/integration yet"; fi
 
-check: deps ## Run vet, staticcheck, the import-boundary test, the go mod tidy and proto checks
-	@$(MAKE) --no-print-directory -k vet lint boundaries tidy-check protos-check
+check: deps ## Run gofmt, vet, staticcheck, the import-boundary test, the go mod tidy and proto checks
+	@$(MAKE) --no-print-directory -k fmt-check vet lint boundaries tidy-check protos-check
+
+fmt-check: ## Fail when a Go file is not gofmt-formatted
+	@files=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$files" ]; then echo "not gofmt-formatted (run gofmt -w):" >&2; echo "$$files" >&2; exit 1; fi; echo "gofmt: ok"
 
 vet: ## go vet ./...
 	go vet ./...
