@@ -84,7 +84,9 @@ func (p *policies) validateLimits(ctx context.Context, res *registry.Resource, o
 	var check func(lr *corev1.LimitRange, in runtime.Object) error
 	switch obj.(type) {
 	case *corev1.Pod:
-		check = func(lr *corev1.LimitRange, in runtime.Object) error { return limitranger.PodValidateLimitFunc(lr, in.(*api.Pod)) }
+		check = func(lr *corev1.LimitRange, in runtime.Object) error {
+			return limitranger.PodValidateLimitFunc(lr, in.(*api.Pod))
+		}
 	case *corev1.PersistentVolumeClaim:
 		check = func(lr *corev1.LimitRange, in runtime.Object) error {
 			return limitranger.PersistentVolumeClaimValidateLimitFunc(lr, in.(*api.PersistentVolumeClaim))

@@ -32,7 +32,7 @@ type Config struct {
 	// DefaultTolerationSeconds is how long pods tolerate a not-ready or unreachable node by
 	// default before the node lifecycle controller evicts them (300 s when zero).
 	DefaultTolerationSeconds int64
-	Logger             *slog.Logger
+	Logger                   *slog.Logger
 }
 
 // Server is a running API server.

@@ -177,4 +177,3 @@ func podIsReady(p *corev1.Pod) bool {
 	}
 	return false
 }
-
