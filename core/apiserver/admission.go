@@ -65,3 +65,36 @@ func addDefaultTolerations(pod *corev1.Pod, seconds int64) {
 		}
 	}
 }
+
+// allocateService claims a Service's ClusterIP and NodePorts (see serviceips.go); other
+// objects pass through. old is the stored Service on an update, nil on a create.
+func (h *Handler) allocateService(ctx context.Context, obj, old runtime.Object) (*claims, error) {
+	svc, ok := obj.(*corev1.Service)
+	if !ok || h.services == nil {
+		return nil, nil
+	}
+	var prev *corev1.Service
+	if old != nil {
+		prev, _ = old.(*corev1.Service)
+	}
+	return h.services.allocate(ctx, svc, prev)
+}
+
+// released gives back, once a write is stored, the Service addresses that old held and
+// now (nil after a delete) does not; the allocator's watch does the same for writes of
+// other servers, so this only makes the addresses free at once.
+func (h *Handler) released(ctx context.Context, old, now runtime.Object) {
+	prev, ok := old.(*corev1.Service)
+	if !ok || h.services == nil {
+		return
+	}
+	keep := map[string]bool{}
+	if svc, ok := now.(*corev1.Service); ok {
+		keep = heldBy(svc)
+	}
+	for k := range heldBy(prev) {
+		if !keep[k] {
+			h.services.releaseIfOwned(context.WithoutCancel(ctx), k, prev.UID)
+		}
+	}
+}

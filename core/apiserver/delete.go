@@ -130,6 +130,7 @@ func (h *Handler) deleteObject(q *request, name string, opts *metav1.DeleteOptio
 			}
 			return nil, 0, q.storageError(err, name)
 		}
+		h.released(q.ctx(), obj, nil)
 		return obj, http.StatusOK, nil
 	}
 	// Graceful deletion: mark the object; its finalizers, the node agent or the namespace

@@ -29,6 +29,7 @@ type Handler struct {
 	openapi    *openapi.Service
 	namespaces *namespaceCache
 	policies   *policies
+	services   *serviceAllocator
 	fields     fieldManagers
 	mux        *http.ServeMux
 	// authenticate returns the request's user; nil means every request is allowed (tests).
@@ -52,6 +53,9 @@ func NewHandler(ctx context.Context, store *storage.Store, authenticate func(*ht
 	}
 	h.policies, err = newPolicies(ctx, store)
 	if err != nil {
+		return nil, err
+	}
+	if err := h.SetServiceRanges(DefaultServiceRanges()); err != nil {
 		return nil, err
 	}
 	oa.Register(h.mux)
@@ -269,6 +273,16 @@ func (q *request) dryRun() (bool, error) {
 
 // systemNamespaces exist in every cluster, as in Kubernetes.
 var systemNamespaces = []string{metav1.NamespaceDefault, metav1.NamespaceSystem, metav1.NamespacePublic, corev1.NamespaceNodeLease}
+
+// SetServiceRanges sets the ranges Services get addresses from; call it before serving.
+func (h *Handler) SetServiceRanges(r ServiceRanges) error {
+	a, err := newServiceAllocator(r, h.store)
+	if err != nil {
+		return err
+	}
+	h.services = a
+	return nil
+}
 
 // ensureSystemNamespaces creates the system namespaces that are missing.
 func (h *Handler) ensureSystemNamespaces(ctx context.Context) error {

@@ -94,7 +94,7 @@ func (q *request) create() {
 }
 
 // createObject runs the create path shared by POST and create-on-update.
-func (h *Handler) createObject(ctx context.Context, res *registry.Resource, namespace string, obj runtime.Object, dry bool) (runtime.Object, error) {
+func (h *Handler) createObject(ctx context.Context, res *registry.Resource, namespace string, obj runtime.Object, dry bool) (_ runtime.Object, retErr error) {
 	m, err := meta.Accessor(obj)
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
@@ -123,6 +123,17 @@ func (h *Handler) createObject(ctx context.Context, res *registry.Resource, name
 	if err := h.mutateCreate(ctx, res, obj); err != nil {
 		return nil, err
 	}
+	// A Service's addresses are claimed before it is validated and stored, and given back if
+	// that fails (or on a dry run, which shows them without keeping them).
+	claimed, err := h.allocateService(ctx, obj, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil || dry {
+			claimed.release(context.WithoutCancel(ctx))
+		}
+	}()
 	if errs := res.ValidateCreate(obj); len(errs) > 0 {
 		return nil, invalid(res, m.GetName(), errs)
 	}
@@ -258,7 +269,7 @@ func (q *request) applyUpdate(kind updateKind, preconditionRV string, mutate fun
 
 // updateObject validates and stores obj as the successor of current (read at rev). An object
 // being deleted whose last finalizer goes away is deleted.
-func (h *Handler) updateObject(ctx context.Context, res *registry.Resource, kind updateKind, current runtime.Object, rev int64, obj runtime.Object, dry bool) (runtime.Object, int, error) {
+func (h *Handler) updateObject(ctx context.Context, res *registry.Resource, kind updateKind, current runtime.Object, rev int64, obj runtime.Object, dry bool) (_ runtime.Object, _ int, retErr error) {
 	m, err := meta.Accessor(obj)
 	if err != nil {
 		return nil, 0, apierrors.NewBadRequest(err.Error())
@@ -288,6 +299,15 @@ func (h *Handler) updateObject(ctx context.Context, res *registry.Resource, kind
 	switch kind {
 	case updateMain:
 		res.PrepareForUpdate(obj, current)
+		claimed, err := h.allocateService(ctx, obj, current)
+		if err != nil {
+			return nil, 0, err
+		}
+		defer func() {
+			if retErr != nil || dry {
+				claimed.release(context.WithoutCancel(ctx))
+			}
+		}()
 		errs = res.ValidateUpdate(obj, current)
 	case updateStatus:
 		res.PrepareForStatusUpdate(obj, current)
@@ -322,12 +342,14 @@ func (h *Handler) updateObject(ctx context.Context, res *registry.Resource, kind
 		if _, err := h.store.Delete(ctx, objectKey(res, m.GetNamespace(), m.GetName()), rev); err != nil {
 			return nil, 0, err
 		}
+		h.released(ctx, current, nil)
 		return obj, http.StatusOK, nil
 	}
 	newRev, err := h.store.Update(ctx, objectKey(res, m.GetNamespace(), m.GetName()), data, rev)
 	if err != nil {
 		return nil, 0, err
 	}
+	h.released(ctx, current, obj)
 	m.SetResourceVersion(formatRV(newRev))
 	return obj, http.StatusOK, nil
 }

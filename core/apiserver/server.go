@@ -32,7 +32,9 @@ type Config struct {
 	// DefaultTolerationSeconds is how long pods tolerate a not-ready or unreachable node by
 	// default before the node lifecycle controller evicts them (300 s when zero).
 	DefaultTolerationSeconds int64
-	Logger                   *slog.Logger
+	// ServiceRanges are the ClusterIP CIDR and NodePort range (DefaultServiceRanges when zero).
+	ServiceRanges ServiceRanges
+	Logger        *slog.Logger
 }
 
 // Server is a running API server.
@@ -128,6 +130,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	handler.DefaultTolerationSeconds = cfg.DefaultTolerationSeconds
+	if cfg.ServiceRanges.ClusterIPs.IsValid() {
+		if err := handler.SetServiceRanges(cfg.ServiceRanges); err != nil {
+			stopServing()
+			client.Close()
+			closeAll()
+			return nil, err
+		}
+	}
+	go handler.services.run(serveCtx)
 	if err := handler.ensureSystemNamespaces(ctx); err != nil {
 		stopServing()
 		client.Close()
