@@ -51,7 +51,7 @@ func newBenchCommand() *cobra.Command {
 		Short: "Measure berth's performance (figures to record in docs/benchmarks.md)",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand())
+	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand(), newBenchSchedulerCommand())
 	return cmd
 }
 
@@ -104,7 +104,7 @@ non-zero only when the run itself failed.`,
 	f.IntVar(&o.creates, "creates", 10000, "how many ConfigMaps to create")
 	f.IntVar(&o.workers, "workers", 16, "how many concurrent client-go workers create them")
 	f.BoolVar(&o.keepDir, "keep-dir", false, "keep the server's temporary data dir (etcd data, server.log) and print where it is")
-	f.BoolVar(&o.controllers, "controllers", false, "run the controllers in the benchmarked server as well (they then mirror every ConfigMap in their informers)")
+	f.BoolVar(&o.controllers, "controllers", false, "run the controllers and the scheduler in the benchmarked server as well (they then mirror every ConfigMap in their informers)")
 	f.StringVar(&o.serverBinary, "server-binary", "", "berth binary whose server command is started (default: this binary)")
 	f.BoolVar(&o.jsonOutput, "json", false, "print the figures as JSON instead of text")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this (client) process to FILE; the server is a separate process")
@@ -168,7 +168,9 @@ func runAPIBench(ctx context.Context, o apiBenchOptions, logw io.Writer) (res *a
 	}()
 
 	machine := readMachineInfo() // before the server adds to the load average
-	extra := []string{fmt.Sprintf("--controllers=%t", o.controllers)}
+	// The scheduler stays off too: it is idle here, but its pod and node caches would count
+	// in the API server's figures.
+	extra := []string{fmt.Sprintf("--controllers=%t", o.controllers), fmt.Sprintf("--scheduler=%t", o.controllers)}
 	fmt.Fprintf(logw, "starting %s server --data-dir %s --port 0 %s\n", o.serverBinary, dir, strings.Join(extra, " "))
 	srv, err := startBenchServer(ctx, o.serverBinary, dir, extra, o.startTimeout)
 	if err != nil {

@@ -15,22 +15,25 @@ import (
 
 	"berth.dev/berth/core/apiserver"
 	"berth.dev/berth/core/controllers"
+	"berth.dev/berth/core/election"
+	"berth.dev/berth/core/scheduler"
 )
 
 func newServerCommand() *cobra.Command {
 	var cfg apiserver.Config
-	var verbose, runControllers bool
+	var verbose, runControllers, runScheduler bool
 	var ctrlOpts controllers.Options
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the control plane: the Kubernetes API on etcd, and the controllers",
+		Short: "Run the control plane: the Kubernetes API on etcd, the controllers and the scheduler",
 		Long: `Run berth's control plane. Without --etcd-endpoints an etcd is embedded, its data under
 --data-dir/etcd. Certificates are made under --data-dir/pki on first start, and
 --data-dir/admin.kubeconfig lets kubectl in as the cluster admin.
 
 The controllers (garbage collector, namespace lifecycle, ...) run in the same process
 unless --controllers=false; several servers on one etcd elect one of them to run the
-controllers through the Lease kube-system/berth-controller-manager.`,
+controllers through the Lease kube-system/berth-controller-manager. The scheduler runs
+likewise unless --scheduler=false, elected through the Lease kube-system/berth-scheduler.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := newLogger(verbose)
@@ -55,23 +58,39 @@ controllers through the Lease kube-system/berth-controller-manager.`,
 			} else {
 				go func() { <-ctrlCtx.Done(); ctrlDone <- nil }()
 			}
-			var ctrlErr, srvErr error
+			// The scheduler runs beside the controllers, under its own Lease.
+			schedCtx, stopScheduler := context.WithCancel(cmd.Context())
+			defer stopScheduler()
+			schedDone := make(chan error, 1)
+			if runScheduler {
+				go func() { schedDone <- runElectedScheduler(schedCtx, srv.Kubeconfig, log) }()
+			} else {
+				go func() { <-schedCtx.Done(); schedDone <- nil }()
+			}
+			var ctrlErr, schedErr, srvErr error
 			select {
 			case <-cmd.Context().Done():
-				ctrlErr = <-ctrlDone
+				ctrlErr, schedErr = <-ctrlDone, <-schedDone
 			case ctrlErr = <-ctrlDone:
 				// The controllers stopped by themselves: a failure, so the server stops too
 				// rather than serve a cluster in which nothing acts.
-			case srvErr = <-srvDone:
+				stopScheduler()
+				schedErr = <-schedDone
+			case schedErr = <-schedDone:
+				// Likewise for the scheduler.
 				stopControllers()
 				ctrlErr = <-ctrlDone
+			case srvErr = <-srvDone:
+				stopControllers()
+				stopScheduler()
+				ctrlErr, schedErr = <-ctrlDone, <-schedDone
 				log.Info("berth server stopped")
-				return errors.Join(srvErr, ctrlErr)
+				return errors.Join(srvErr, ctrlErr, schedErr)
 			}
 			stopServer()
 			srvErr = <-srvDone
 			log.Info("berth server stopped")
-			return errors.Join(ctrlErr, srvErr)
+			return errors.Join(ctrlErr, schedErr, srvErr)
 		},
 	}
 	f := cmd.Flags()
@@ -83,6 +102,7 @@ controllers through the Lease kube-system/berth-controller-manager.`,
 	f.Int64Var(&cfg.DefaultTolerationSeconds, "default-toleration-seconds", 300, "how long pods tolerate a not-ready or unreachable node before eviction, unless they say otherwise")
 	f.BoolVar(&runControllers, "controllers", true, "run the controllers in this process (elected through a Lease among servers)")
 	addControllerFlags(f, &ctrlOpts)
+	f.BoolVar(&runScheduler, "scheduler", true, "run the scheduler in this process (elected through a Lease among servers)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd
@@ -118,7 +138,43 @@ func runElectedControllers(ctx context.Context, kubeconfig string, log *slog.Log
 		return fmt.Errorf("read kubeconfig %s: %w", kubeconfig, err)
 	}
 	opts.Log = log.With("component", "controllers")
-	return controllers.RunElected(ctx, restCfg, opts, controllers.Election{})
+	lease := election.Lease{Name: "berth-controller-manager"}
+	return election.Run(ctx, restCfg, lease, "the controllers", opts.Log, func(ctx context.Context) error {
+		return controllers.Run(ctx, restCfg, opts)
+	})
+}
+
+func newSchedulerCommand() *cobra.Command {
+	var kubeconfig string
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "scheduler",
+		Short: "Run the scheduler alone against an API server",
+		Long: `Run berth's scheduler on its own, against the API server a kubeconfig names (for
+example DIR/admin.kubeconfig of a "berth server --scheduler=false"). Several schedulers
+elect one active one through the Lease kube-system/berth-scheduler.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runElectedScheduler(cmd.Context(), kubeconfig, newLogger(verbose))
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the API server (required)")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
+	_ = cmd.MarkFlagRequired("kubeconfig")
+	return cmd
+}
+
+// runElectedScheduler runs the scheduler against the API server of a kubeconfig while this
+// process holds the scheduler's Lease, until ctx ends.
+func runElectedScheduler(ctx context.Context, kubeconfig string, log *slog.Logger) error {
+	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("read kubeconfig %s: %w", kubeconfig, err)
+	}
+	opts := scheduler.Options{Log: log.With("component", "scheduler")}
+	return election.Run(ctx, restCfg, election.Lease{Name: "berth-scheduler"}, "the scheduler", opts.Log, func(ctx context.Context) error {
+		return scheduler.Run(ctx, restCfg, opts)
+	})
 }
 
 // addControllerFlags adds the controllers' tuning flags, shared by server and controllers.

@@ -127,7 +127,7 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 			return cronjob.New(kube, kubeInformers, cronjob.Options{Log: l, Recorder: recorder("cronjob-controller")})
 		}},
 	}
-	// RunElected (leader.go) runs all of this only while this process holds the Lease.
+	// berth server runs all of this only while it holds the Lease (core/election).
 	running := map[string]controller{}
 	for _, b := range builders {
 		c, err := b.build(log.With("controller", b.name))

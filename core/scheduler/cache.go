@@ -1,0 +1,270 @@
+package scheduler
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"berth.dev/berth/core/scheduler/framework"
+)
+
+// podState is a pod the cache accounts for on a node; an assumed pod is one the scheduler
+// placed and whose binding the informer has not confirmed yet.
+type podState struct {
+	pod     *corev1.Pod
+	assumed bool
+	// deadline is set once the binding call returned: past it, an unconfirmed assumed pod
+	// is dropped (the bind was lost somewhere).
+	deadline *time.Time
+}
+
+// Cache is the scheduler's picture of the cluster: nodes and the pods bound, or assumed,
+// on them. The informers feed it; the scheduling cycle reads it through a Snapshot.
+type Cache struct {
+	mu    sync.Mutex
+	ttl   time.Duration
+	nodes map[string]*framework.NodeInfo
+	pods  map[types.UID]*podState
+	// generation numbers every change, so that a snapshot copies only changed nodes.
+	generation int64
+	// setVersion changes when a node appears or goes, so that a snapshot relists.
+	setVersion int64
+}
+
+// NewCache returns an empty cache; assumed pods whose binding is not confirmed within ttl
+// after the bind call returned are dropped.
+func NewCache(ttl time.Duration) *Cache {
+	return &Cache{ttl: ttl, nodes: map[string]*framework.NodeInfo{}, pods: map[types.UID]*podState{}}
+}
+
+func (c *Cache) touch(n *framework.NodeInfo) {
+	c.generation++
+	n.Generation = c.generation
+}
+
+// nodeFor returns the NodeInfo for a name, creating one (without Node) when a pod's node is
+// not known yet.
+func (c *Cache) nodeFor(name string) *framework.NodeInfo {
+	n, ok := c.nodes[name]
+	if !ok {
+		n = framework.NewNodeInfo()
+		c.nodes[name] = n
+	}
+	return n
+}
+
+// AddNode adds or updates a node.
+func (c *Cache) AddNode(node *corev1.Node) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodeFor(node.Name)
+	if n.Node() == nil {
+		c.setVersion++
+	}
+	n.SetNode(node)
+	c.touch(n)
+}
+
+// UpdateNode updates a node (an update of an unknown node adds it).
+func (c *Cache) UpdateNode(node *corev1.Node) { c.AddNode(node) }
+
+// RemoveNode forgets a node; its pods stay accounted until their deletions arrive.
+func (c *Cache) RemoveNode(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok := c.nodes[name]
+	if !ok {
+		return
+	}
+	if n.Node() != nil {
+		c.setVersion++
+	}
+	n.RemoveNode()
+	if len(n.Pods) == 0 {
+		delete(c.nodes, name)
+	} else {
+		c.touch(n)
+	}
+}
+
+func (c *Cache) addPodLocked(pod *corev1.Pod) {
+	n := c.nodeFor(pod.Spec.NodeName)
+	n.AddPod(pod)
+	c.touch(n)
+}
+
+func (c *Cache) removePodLocked(pod *corev1.Pod) {
+	n, ok := c.nodes[pod.Spec.NodeName]
+	if !ok {
+		return
+	}
+	if n.RemovePod(pod) {
+		c.touch(n)
+	}
+	if n.Node() == nil && len(n.Pods) == 0 {
+		delete(c.nodes, pod.Spec.NodeName)
+	}
+}
+
+// AssumePod accounts a pod on the node the scheduler chose (pod.Spec.NodeName) before the
+// binding is confirmed, so that the next pods see the room it takes.
+func (c *Cache) AssumePod(pod *corev1.Pod) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.pods[pod.UID]; ok {
+		return fmt.Errorf("assume pod %s/%s: already in the cache", pod.Namespace, pod.Name)
+	}
+	c.addPodLocked(pod)
+	c.pods[pod.UID] = &podState{pod: pod, assumed: true}
+	return nil
+}
+
+// FinishBinding starts the expiry clock of an assumed pod: the bind call has returned.
+func (c *Cache) FinishBinding(pod *corev1.Pod, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ps, ok := c.pods[pod.UID]; ok && ps.assumed {
+		d := now.Add(c.ttl)
+		ps.deadline = &d
+	}
+}
+
+// ForgetPod drops an assumed pod whose binding failed.
+func (c *Cache) ForgetPod(pod *corev1.Pod) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ps, ok := c.pods[pod.UID]; ok && ps.assumed {
+		c.removePodLocked(ps.pod)
+		delete(c.pods, pod.UID)
+	}
+}
+
+// IsAssumed reports whether a pod is assumed and not yet confirmed.
+func (c *Cache) IsAssumed(uid types.UID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ps, ok := c.pods[uid]
+	return ok && ps.assumed
+}
+
+// AddPod accounts a bound pod; for an assumed pod it is the confirmation of the binding.
+func (c *Cache) AddPod(pod *corev1.Pod) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ps, ok := c.pods[pod.UID]; ok {
+		// Confirmed (or seen twice): account the API's version, on the node the API says.
+		c.removePodLocked(ps.pod)
+	}
+	c.addPodLocked(pod)
+	c.pods[pod.UID] = &podState{pod: pod}
+}
+
+// UpdatePod replaces a bound pod's accounting.
+func (c *Cache) UpdatePod(pod *corev1.Pod) { c.AddPod(pod) }
+
+// RemovePod forgets a bound (or assumed) pod.
+func (c *Cache) RemovePod(pod *corev1.Pod) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ps, ok := c.pods[pod.UID]; ok {
+		c.removePodLocked(ps.pod)
+		delete(c.pods, pod.UID)
+	}
+}
+
+// CleanupExpired drops the assumed pods whose binding was never confirmed in time, and
+// returns them.
+func (c *Cache) CleanupExpired(now time.Time) []*corev1.Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*corev1.Pod
+	for uid, ps := range c.pods {
+		if ps.assumed && ps.deadline != nil && now.After(*ps.deadline) {
+			c.removePodLocked(ps.pod)
+			delete(c.pods, uid)
+			out = append(out, ps.pod)
+		}
+	}
+	return out
+}
+
+// NodeCount returns the number of nodes with a Node object.
+func (c *Cache) NodeCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, ni := range c.nodes {
+		if ni.Node() != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// Snapshot is a consistent copy of the cache's nodes for one scheduling cycle. It is
+// updated in place, copying only the nodes that changed since the last cycle.
+type Snapshot struct {
+	nodes      map[string]*framework.NodeInfo
+	list       []*framework.NodeInfo
+	generation int64
+	setVersion int64
+}
+
+// NewSnapshot returns an empty snapshot.
+func NewSnapshot() *Snapshot {
+	return &Snapshot{nodes: map[string]*framework.NodeInfo{}, setVersion: -1}
+}
+
+// List returns the nodes with a Node object, sorted by name.
+func (s *Snapshot) List() []*framework.NodeInfo { return s.list }
+
+// Get returns a node, or nil.
+func (s *Snapshot) Get(name string) *framework.NodeInfo {
+	n := s.nodes[name]
+	if n == nil || n.Node() == nil {
+		return nil
+	}
+	return n
+}
+
+// UpdateSnapshot brings s up to date with the cache.
+func (c *Cache) UpdateSnapshot(s *Snapshot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	relist := s.setVersion != c.setVersion
+	for name, n := range c.nodes {
+		if n.Generation <= s.generation {
+			continue
+		}
+		if cur, ok := s.nodes[name]; ok {
+			// Copy into the existing value: the list points at it.
+			*cur = *n.Clone()
+		} else {
+			s.nodes[name] = n.Clone()
+			relist = true
+		}
+	}
+	if len(s.nodes) != len(c.nodes) {
+		for name := range s.nodes {
+			if _, ok := c.nodes[name]; !ok {
+				delete(s.nodes, name)
+			}
+		}
+		relist = true
+	}
+	if relist {
+		s.list = s.list[:0]
+		for _, n := range s.nodes {
+			if n.Node() != nil {
+				s.list = append(s.list, n)
+			}
+		}
+		sort.Slice(s.list, func(i, j int) bool { return s.list[i].Name() < s.list[j].Name() })
+	}
+	s.generation = c.generation
+	s.setVersion = c.setVersion
+}

@@ -1,0 +1,139 @@
+package scheduler
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+func cacheNode(name string) *corev1.Node {
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
+			corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourcePods: resource.MustParse("110"),
+		}},
+	}
+}
+
+func boundPod(name, node, cpu string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", UID: types.UID(name)},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu)},
+		}}}},
+	}
+}
+
+func requestedCPU(t *testing.T, c *Cache, s *Snapshot, node string) int64 {
+	t.Helper()
+	c.UpdateSnapshot(s)
+	n := s.Get(node)
+	if n == nil {
+		t.Fatalf("node %s not in the snapshot", node)
+	}
+	return n.Requested.MilliCPU
+}
+
+func TestCacheAssumeConfirmForget(t *testing.T) {
+	c := NewCache(30 * time.Second)
+	s := NewSnapshot()
+	c.AddNode(cacheNode("n1"))
+	c.AddNode(cacheNode("n2"))
+
+	p := boundPod("p", "n1", "1")
+	if err := c.AssumePod(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AssumePod(p); err == nil {
+		t.Errorf("assuming a pod twice did not fail")
+	}
+	if !c.IsAssumed(p.UID) || requestedCPU(t, c, s, "n1") != 1000 {
+		t.Fatalf("the assumed pod is not accounted on n1")
+	}
+	c.ForgetPod(p)
+	if c.IsAssumed(p.UID) || requestedCPU(t, c, s, "n1") != 0 {
+		t.Fatalf("the forgotten pod is still accounted")
+	}
+
+	// Confirmation by the informer, even on another node than assumed, wins.
+	if err := c.AssumePod(p); err != nil {
+		t.Fatal(err)
+	}
+	c.AddPod(boundPod("p", "n2", "1"))
+	if c.IsAssumed(p.UID) || requestedCPU(t, c, s, "n1") != 0 || requestedCPU(t, c, s, "n2") != 1000 {
+		t.Errorf("the confirmed pod is not accounted where the API put it")
+	}
+	c.RemovePod(p)
+	if requestedCPU(t, c, s, "n2") != 0 {
+		t.Errorf("the removed pod is still accounted")
+	}
+}
+
+func TestCacheExpiresUnconfirmedBindings(t *testing.T) {
+	c := NewCache(30 * time.Second)
+	c.AddNode(cacheNode("n1"))
+	p := boundPod("p", "n1", "1")
+	if err := c.AssumePod(p); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	if got := c.CleanupExpired(now.Add(time.Hour)); len(got) != 0 {
+		t.Fatalf("a pod still binding expired")
+	}
+	c.FinishBinding(p, now)
+	if got := c.CleanupExpired(now.Add(29 * time.Second)); len(got) != 0 {
+		t.Fatalf("expired before the TTL")
+	}
+	if got := c.CleanupExpired(now.Add(31 * time.Second)); len(got) != 1 || c.IsAssumed(p.UID) {
+		t.Fatalf("the unconfirmed pod did not expire")
+	}
+	s := NewSnapshot()
+	if requestedCPU(t, c, s, "n1") != 0 {
+		t.Errorf("the expired pod is still accounted")
+	}
+}
+
+func TestSnapshotFollowsNodeChanges(t *testing.T) {
+	c := NewCache(time.Minute)
+	s := NewSnapshot()
+	c.AddPod(boundPod("early", "late-node", "1")) // a pod can arrive before its node
+	c.UpdateSnapshot(s)
+	if len(s.List()) != 0 {
+		t.Fatalf("a node without a Node object is listed")
+	}
+	c.AddNode(cacheNode("late-node"))
+	c.AddNode(cacheNode("a"))
+	c.UpdateSnapshot(s)
+	if got := names(s); got != "a,late-node" {
+		t.Fatalf("snapshot lists %s", got)
+	}
+	if s.Get("late-node").Requested.MilliCPU != 1000 {
+		t.Errorf("the early pod is not accounted")
+	}
+	kept := s.Get("a")
+	c.AddPod(boundPod("q", "a", "2"))
+	c.UpdateSnapshot(s)
+	if kept.Requested.MilliCPU != 2000 {
+		t.Errorf("the listed NodeInfo was not updated in place")
+	}
+	c.RemoveNode("a")
+	c.UpdateSnapshot(s)
+	if got := names(s); got != "late-node" {
+		t.Errorf("after removing a, snapshot lists %s", got)
+	}
+}
+
+func names(s *Snapshot) string {
+	out := ""
+	for i, n := range s.List() {
+		if i > 0 {
+			out += ","
+		}
+		out += n.Name()
+	}
+	return out
+}
