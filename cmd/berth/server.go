@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 func newServerCommand() *cobra.Command {
 	var cfg apiserver.Config
 	var verbose, runControllers, runScheduler bool
+	var serviceCIDR, nodePorts string
 	var ctrlOpts controllers.Options
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -38,6 +40,15 @@ likewise unless --scheduler=false, elected through the Lease kube-system/berth-s
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := newLogger(verbose)
 			cfg.Logger = log.With("component", "apiserver")
+			cidr, err := netip.ParsePrefix(serviceCIDR)
+			if err != nil {
+				return fmt.Errorf("--service-cluster-ip-range %q: %w", serviceCIDR, err)
+			}
+			first, last, err := apiserver.ParseNodePortRange(nodePorts)
+			if err != nil {
+				return fmt.Errorf("--service-node-port-range: %w", err)
+			}
+			cfg.ServiceRanges = apiserver.ServiceRanges{ClusterIPs: cidr, NodePortFirst: first, NodePortLast: last}
 			// The API server outlives the controllers on the way down, so that they can give
 			// their Lease up and finish their last writes.
 			srvCtx, stopServer := context.WithCancel(context.WithoutCancel(cmd.Context()))
@@ -100,6 +111,8 @@ likewise unless --scheduler=false, elected through the Lease kube-system/berth-s
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "URLs of an external etcd cluster (comma-separated); embedded etcd when empty")
 	f.DurationVar(&cfg.CompactionInterval, "etcd-compaction-interval", 5*time.Minute, "how often old etcd revisions are compacted")
 	f.Int64Var(&cfg.DefaultTolerationSeconds, "default-toleration-seconds", 300, "how long pods tolerate a not-ready or unreachable node before eviction, unless they say otherwise")
+	f.StringVar(&serviceCIDR, "service-cluster-ip-range", "10.96.0.0/12", "the CIDR Services' ClusterIPs are allocated from (IPv4)")
+	f.StringVar(&nodePorts, "service-node-port-range", "30000-32767", "the range NodePorts are allocated from")
 	f.BoolVar(&runControllers, "controllers", true, "run the controllers in this process (elected through a Lease among servers)")
 	addControllerFlags(f, &ctrlOpts)
 	f.BoolVar(&runScheduler, "scheduler", true, "run the scheduler in this process (elected through a Lease among servers)")
