@@ -123,7 +123,11 @@ func (c *Controller) cleanupUnhealthyReplicas(ctx context.Context, d *appsv1.Dep
 // replicas as are available beyond replicas-maxUnavailable.
 func (c *Controller) scaleDownOldForRollingUpdate(ctx context.Context, d *appsv1.Deployment, all, old []*appsv1.ReplicaSet) (int32, error) {
 	minAvailable := *d.Spec.Replicas - maxUnavailable(d)
-	available := availableReplicas(all)
+	// A ReplicaSet counts no more available replicas than its spec asks for: a status that
+	// lags a scale-down (say this controller's own, a pass ago) still counts pods that are
+	// going away, and scaling down on them would break minAvailable. (Kubernetes sums
+	// status.availableReplicas as is.)
+	available := sum(all, func(rs *appsv1.ReplicaSet) int32 { return min(*rs.Spec.Replicas, rs.Status.AvailableReplicas) })
 	if available <= minAvailable {
 		return 0, nil
 	}

@@ -130,6 +130,11 @@ func TestRollingSteps(t *testing.T) {
 			[]*appsv1.ReplicaSet{withAvailable(newRS(d, "v1", 1, 0, 3), 3, 2), newRS(d, "v2", 2, 1, 1)},
 			// budget 4-2-0 = 2: one unhealthy replica, then one more of the 3 available above 2
 			map[string]int32{oldName: 1, newName: 1}},
+		{"does not count available replicas an old set was scaled down from", nil,
+			// The old set went 3 -> 2 a pass ago and its status still shows 3 available: only
+			// 2 + 2 are, so one more old replica may go, not two.
+			[]*appsv1.ReplicaSet{staleScaleDown(newRS(d, "v1", 1, 0, 3), 2), newRS(d, "v2", 2, 1, 2)},
+			map[string]int32{oldName: 1, newName: 2}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,4 +153,12 @@ func TestRollingSteps(t *testing.T) {
 			}
 		})
 	}
+}
+
+// staleScaleDown scales rs to replicas as a write the ReplicaSet controller has not yet
+// acted on: the generation moves on, the status still describes the old size.
+func staleScaleDown(rs *appsv1.ReplicaSet, replicas int32) *appsv1.ReplicaSet {
+	*rs.Spec.Replicas = replicas
+	rs.Generation++
+	return rs
 }
