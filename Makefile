@@ -12,9 +12,10 @@ KUBECTL ?= /usr/lib/google-cloud-sdk/bin/kubectl.1.33
 GOBIN := $(shell go env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-# What `make up` starts in the background. When `berth up` (the whole single-node
-# cluster) lands, this becomes: bin/berth up --data-dir $(DATA_DIR) --port $(PORT)
+# What `make up` starts in the background: the control plane, then a node agent that runs
+# containerd of its own under DATA_DIR/agent. (`berth up`, one command for both, is to come.)
 UP_CMD = bin/berth server --data-dir $(DATA_DIR) --port $(PORT)
+AGENT_CMD = bin/berth agent --kubeconfig $(DATA_DIR)/admin.kubeconfig --data-dir $(DATA_DIR)/agent
 
 .PHONY: help deps build test test-unit test-integration check fmt-check vet lint boundaries tidy-check protos-check up down bench clean
 
@@ -65,40 +66,53 @@ tidy-check: ## Fail when go mod tidy would change go.mod or go.sum
 protos-check: ## Fail when the code generated from specs/**/*.proto is stale
 	@scripts/check-protos.sh
 
-up: deps build ## Start berth in the background on DATA_DIR and PORT, wait until kubectl works
+up: deps build ## Start a single-node cluster (server + agent on containerd) on DATA_DIR and PORT
 	@mkdir -p "$(DATA_DIR)"
 	@if [ -f "$(DATA_DIR)/server.pid" ] && kill -0 "$$(cat "$(DATA_DIR)/server.pid")" 2>/dev/null; then \
-		echo "berth is already running (pid $$(cat "$(DATA_DIR)/server.pid"))"; \
+		echo "berth server is already running (pid $$(cat "$(DATA_DIR)/server.pid"))"; \
 	else \
 		nohup $(UP_CMD) >>"$(DATA_DIR)/server.log" 2>&1 </dev/null & echo $$! >"$(DATA_DIR)/server.pid"; \
-		echo "started berth (pid $$(cat "$(DATA_DIR)/server.pid")), log in $(DATA_DIR)/server.log"; \
+		echo "started berth server (pid $$(cat "$(DATA_DIR)/server.pid")), log in $(DATA_DIR)/server.log"; \
 	fi
 	@pid=$$(cat "$(DATA_DIR)/server.pid"); deadline=$$((SECONDS + 60)); \
-	while [ $$SECONDS -lt $$deadline ]; do \
-		if ! kill -0 $$pid 2>/dev/null; then echo "berth exited; the end of $(DATA_DIR)/server.log:" >&2; tail -n 20 "$(DATA_DIR)/server.log" >&2; rm -f "$(DATA_DIR)/server.pid"; exit 1; fi; \
-		if [ -f "$(DATA_DIR)/admin.kubeconfig" ] && $(KUBECTL) --kubeconfig "$(DATA_DIR)/admin.kubeconfig" --request-timeout=2s get ns >/dev/null 2>&1; then \
-			echo "berth is up. Use it with kubectl:"; \
-			echo "  export KUBECONFIG=$(DATA_DIR)/admin.kubeconfig"; \
-			echo "  kubectl get ns"; \
-			echo "Stop it with: make down"; \
-			exit 0; \
-		fi; \
+	until [ -f "$(DATA_DIR)/admin.kubeconfig" ] && $(KUBECTL) --kubeconfig "$(DATA_DIR)/admin.kubeconfig" --request-timeout=2s get ns >/dev/null 2>&1; do \
+		if ! kill -0 $$pid 2>/dev/null; then echo "berth server exited; the end of $(DATA_DIR)/server.log:" >&2; tail -n 20 "$(DATA_DIR)/server.log" >&2; rm -f "$(DATA_DIR)/server.pid"; exit 1; fi; \
+		if [ $$SECONDS -ge $$deadline ]; then echo "berth server did not answer within 60s (see $(DATA_DIR)/server.log; make down stops it)" >&2; exit 1; fi; \
 		sleep 0.5; \
-	done; \
-	echo "berth did not answer within 60s (still running: see $(DATA_DIR)/server.log, stop it with make down)" >&2; exit 1
-
-down: ## Stop the berth started by make up
-	@if [ ! -f "$(DATA_DIR)/server.pid" ]; then echo "berth is not running (no $(DATA_DIR)/server.pid)"; exit 0; fi; \
-	pid=$$(cat "$(DATA_DIR)/server.pid"); \
-	if kill -0 $$pid 2>/dev/null; then \
-		kill -TERM $$pid; \
-		for i in $$(seq 1 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
-		if kill -0 $$pid 2>/dev/null; then echo "berth (pid $$pid) did not stop within 30s; killing it" >&2; kill -KILL $$pid; fi; \
-		echo "stopped berth (pid $$pid)"; \
+	done
+	@if [ -f "$(DATA_DIR)/agent.pid" ] && kill -0 "$$(cat "$(DATA_DIR)/agent.pid")" 2>/dev/null; then \
+		echo "berth agent is already running (pid $$(cat "$(DATA_DIR)/agent.pid"))"; \
 	else \
-		echo "berth (pid $$pid) was not running"; \
-	fi; \
-	rm -f "$(DATA_DIR)/server.pid"
+		nohup $(AGENT_CMD) >>"$(DATA_DIR)/agent.log" 2>&1 </dev/null & echo $$! >"$(DATA_DIR)/agent.pid"; \
+		echo "started berth agent (pid $$(cat "$(DATA_DIR)/agent.pid")), log in $(DATA_DIR)/agent.log"; \
+	fi
+	@pid=$$(cat "$(DATA_DIR)/agent.pid"); deadline=$$((SECONDS + 90)); \
+	until $(KUBECTL) --kubeconfig "$(DATA_DIR)/admin.kubeconfig" --request-timeout=2s get nodes --no-headers 2>/dev/null | grep -q " Ready "; do \
+		if ! kill -0 $$pid 2>/dev/null; then echo "berth agent exited; the end of $(DATA_DIR)/agent.log:" >&2; tail -n 20 "$(DATA_DIR)/agent.log" >&2; rm -f "$(DATA_DIR)/agent.pid"; exit 1; fi; \
+		if [ $$SECONDS -ge $$deadline ]; then echo "no node became Ready within 90s (see $(DATA_DIR)/agent.log; make down stops everything)" >&2; exit 1; fi; \
+		sleep 0.5; \
+	done
+	@echo "berth is up: a single-node cluster. Use it with kubectl:"
+	@echo "  export KUBECONFIG=$(DATA_DIR)/admin.kubeconfig"
+	@echo "  kubectl get nodes"
+	@echo "  kubectl create deployment web --image=berth.local/busybox:1.35 --replicas=3 -- sleep 3600"
+	@echo "Stop it with: make down"
+
+down: ## Stop the agent and the server started by make up (containers keep running in their shims)
+	@for c in agent server; do \
+		f="$(DATA_DIR)/$$c.pid"; \
+		if [ ! -f "$$f" ]; then echo "berth $$c is not running (no $$f)"; continue; fi; \
+		pid=$$(cat "$$f"); \
+		if kill -0 $$pid 2>/dev/null; then \
+			kill -TERM $$pid; \
+			for i in $$(seq 1 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+			if kill -0 $$pid 2>/dev/null; then echo "berth $$c (pid $$pid) did not stop within 30s; killing it" >&2; kill -KILL $$pid; fi; \
+			echo "stopped berth $$c (pid $$pid)"; \
+		else \
+			echo "berth $$c (pid $$pid) was not running"; \
+		fi; \
+		rm -f "$$f"; \
+	done
 
 bench: build ## Run the API benchmark (bin/berth bench api); record figures in docs/benchmarks.md
 	bin/berth bench api

@@ -23,7 +23,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand(), newControllersCommand(), newSchedulerCommand(), newVersionCommand())
+	root.AddCommand(newServerCommand(), newControllersCommand(), newSchedulerCommand(), newAgentCommand(), newImagesCommand(), newVersionCommand())
 	root.AddCommand(newBenchCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)

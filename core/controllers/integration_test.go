@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"berth.dev/berth/core/controllers"
-	"berth.dev/berth/core/controllers/internal/testserver"
+	"berth.dev/berth/core/internal/testserver"
 )
 
 // TestControllersAgainstServer runs the real API server in-process and the controllers

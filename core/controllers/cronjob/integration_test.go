@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"berth.dev/berth/core/controllers/cronjob"
-	"berth.dev/berth/core/controllers/internal/testserver"
+	"berth.dev/berth/core/internal/testserver"
 )
 
 // TestAgainstServer runs the real API server in-process and the CronJob controller alone

@@ -11,7 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"berth.dev/berth/core/controllers/daemonset"
-	"berth.dev/berth/core/controllers/internal/testserver"
+	"berth.dev/berth/core/internal/testserver"
 )
 
 // TestAgainstServer runs the real API server in-process with this controller alone. There

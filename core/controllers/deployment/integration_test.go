@@ -17,7 +17,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"berth.dev/berth/core/controllers/deployment"
-	"berth.dev/berth/core/controllers/internal/testserver"
+	"berth.dev/berth/core/internal/testserver"
 )
 
 // TestRolloutAgainstServer runs the real API server in-process and the Deployment

@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
-	"berth.dev/berth/core/controllers/internal/testserver"
+	"berth.dev/berth/core/internal/testserver"
 	"berth.dev/berth/core/controllers/replicaset"
 )
 

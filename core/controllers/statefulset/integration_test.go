@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"berth.dev/berth/core/controllers/internal/testserver"
+	"berth.dev/berth/core/internal/testserver"
 	"berth.dev/berth/core/controllers/statefulset"
 )
 

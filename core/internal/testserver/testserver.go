@@ -1,12 +1,13 @@
 // Package testserver starts berth's real API server in-process (embedded etcd on a temp
-// dir) for the controllers' integration tests, and runs controllers against it until the
-// test ends. The server's and the controllers' logs are printed when the test fails, or
+// dir) for the integration tests of the controllers, the scheduler and the agent, and runs
+// controllers against it until the test ends. The server's and the controllers' logs are printed when the test fails, or
 // always with BERTH_TEST_LOG set.
 package testserver
 
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -34,7 +35,10 @@ type Server struct {
 	Kube kubernetes.Interface
 	// Log collects what the server and the controllers log.
 	Log *slog.Logger
-	ctx context.Context
+	// Logs is where Log writes, for the output of other processes a test starts (it is
+	// printed with the rest when the test fails).
+	Logs io.Writer
+	ctx  context.Context
 }
 
 // Start starts the API server on a temp dir; it stops when the test ends.
@@ -71,7 +75,7 @@ func Start(t *testing.T) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{Config: cfg, Kube: kube, Log: log, ctx: ctx}
+	return &Server{Config: cfg, Kube: kube, Log: log, Logs: logs, ctx: ctx}
 }
 
 // Recorder returns an event recorder that writes to the API server as component, as the
@@ -110,7 +114,13 @@ func (s *Server) Run(t *testing.T, factory informers.SharedInformerFactory, c in
 // cond's last error) if it never holds.
 func WaitFor(t *testing.T, what string, cond func() (bool, error)) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	WaitForWithin(t, what, 30*time.Second, cond)
+}
+
+// WaitForWithin is WaitFor with a limit of the caller's.
+func WaitForWithin(t *testing.T, what string, limit time.Duration, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	var last error
 	for time.Now().Before(deadline) {
 		ok, err := cond()
