@@ -146,4 +146,3 @@ func renewLease(ctx context.Context, cs kubernetes.Interface, node string) {
 	l.Spec.RenewTime = &now
 	_, _ = leases.Update(ctx, l, metav1.UpdateOptions{})
 }
-

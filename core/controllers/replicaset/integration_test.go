@@ -12,8 +12,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
-	"berth.dev/berth/core/internal/testserver"
 	"berth.dev/berth/core/controllers/replicaset"
+	"berth.dev/berth/core/internal/testserver"
 )
 
 // TestAgainstServer runs the real API server in-process and this controller alone against

@@ -12,8 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"berth.dev/berth/core/internal/testserver"
 	"berth.dev/berth/core/controllers/statefulset"
+	"berth.dev/berth/core/internal/testserver"
 )
 
 // TestAgainstServer runs the real API server in-process with this controller alone. There
