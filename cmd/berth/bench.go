@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -22,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 
 	"berth.dev/berth/core/apiserver"
 )
@@ -50,6 +52,10 @@ func newBenchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure berth's performance (figures to record in docs/benchmarks.md)",
 		Args:  cobra.NoArgs,
+		PersistentPreRun: func(*cobra.Command, []string) {
+			// The bench's own client-go logs only the watches it cancels on the way out.
+			klog.SetSlogLogger(slog.New(slog.DiscardHandler))
+		},
 	}
 	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand(), newBenchSchedulerCommand())
 	return cmd
