@@ -311,19 +311,9 @@ func (c *Controller) claimRevisions(ctx context.Context, owner ownership.Owner) 
 // canAdopt re-reads the DaemonSet: one deleted and recreated under the same name must not
 // adopt for the old one.
 func (c *Controller) canAdopt(ds *appsv1.DaemonSet) func(context.Context) error {
-	return func(ctx context.Context) error {
-		fresh, err := c.kube.AppsV1().DaemonSets(ds.Namespace).Get(ctx, ds.Name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("re-read daemonset %s/%s: %w", ds.Namespace, ds.Name, err)
-		}
-		if fresh.UID != ds.UID {
-			return fmt.Errorf("daemonset %s/%s was recreated (uid %s, had %s)", ds.Namespace, ds.Name, fresh.UID, ds.UID)
-		}
-		if fresh.DeletionTimestamp != nil {
-			return fmt.Errorf("daemonset %s/%s is being deleted", ds.Namespace, ds.Name)
-		}
-		return nil
-	}
+	return ownership.Recheck(ds, "DaemonSet", func(ctx context.Context) (*appsv1.DaemonSet, error) {
+		return c.kube.AppsV1().DaemonSets(ds.Namespace).Get(ctx, ds.Name, metav1.GetOptions{})
+	})
 }
 
 // podsByNode groups pods by the node they are for; terminal pods already being deleted are

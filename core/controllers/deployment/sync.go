@@ -95,20 +95,9 @@ func (c *Controller) claimReplicaSets(ctx context.Context, d *appsv1.Deployment)
 		Object:   d,
 		Kind:     kind,
 		Selector: sel,
-		// The cache may lag a delete and re-create under the same name, or a deletion.
-		CanAdopt: func(ctx context.Context) error {
-			fresh, err := c.kube.AppsV1().Deployments(d.Namespace).Get(ctx, d.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if fresh.UID != d.UID {
-				return fmt.Errorf("original deployment %s/%s is gone: got uid %s, wanted %s", d.Namespace, d.Name, fresh.UID, d.UID)
-			}
-			if fresh.DeletionTimestamp != nil {
-				return fmt.Errorf("deployment %s/%s is being deleted", d.Namespace, d.Name)
-			}
-			return nil
-		},
+		CanAdopt: ownership.Recheck(d, "Deployment", func(ctx context.Context) (*appsv1.Deployment, error) {
+			return c.kube.AppsV1().Deployments(d.Namespace).Get(ctx, d.Name, metav1.GetOptions{})
+		}),
 	}
 	patch := func(ctx context.Context, name string, data []byte) error {
 		_, err := c.kube.AppsV1().ReplicaSets(d.Namespace).Patch(ctx, name, types.StrategicMergePatchType, data, metav1.PatchOptions{})

@@ -55,19 +55,9 @@ func (c *Controller) podsFor(ctx context.Context, job *batchv1.Job) ([]*corev1.P
 		Object:   job,
 		Kind:     kind,
 		Selector: sel,
-		CanAdopt: func(ctx context.Context) error {
-			fresh, err := c.kube.BatchV1().Jobs(job.Namespace).Get(ctx, job.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if fresh.UID != job.UID {
-				return fmt.Errorf("original job %s/%s is gone: got uid %s, wanted %s", job.Namespace, job.Name, fresh.UID, job.UID)
-			}
-			if fresh.DeletionTimestamp != nil {
-				return fmt.Errorf("job %s/%s is being deleted", job.Namespace, job.Name)
-			}
-			return nil
-		},
+		CanAdopt: ownership.Recheck(job, "Job", func(ctx context.Context) (*batchv1.Job, error) {
+			return c.kube.BatchV1().Jobs(job.Namespace).Get(ctx, job.Name, metav1.GetOptions{})
+		}),
 	}
 	orphans := map[types.UID]bool{}
 	for _, p := range candidates {

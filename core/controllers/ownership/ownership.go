@@ -123,3 +123,22 @@ func releasePatch(ownerUID, uid types.UID) []byte {
 	})
 	return data
 }
+
+// Recheck returns an Owner.CanAdopt for owner of kind: get reads the owner afresh from the
+// API server (the informer's copy may lag a delete, or a delete and re-create under the same
+// name), and adoption is refused when the owner is gone, has another UID or is being deleted.
+func Recheck[T metav1.Object](owner metav1.Object, kind string, get func(ctx context.Context) (T, error)) func(context.Context) error {
+	return func(ctx context.Context) error {
+		fresh, err := get(ctx)
+		if err != nil {
+			return fmt.Errorf("recheck %s %s/%s: %w", kind, owner.GetNamespace(), owner.GetName(), err)
+		}
+		if fresh.GetUID() != owner.GetUID() {
+			return fmt.Errorf("original %s %s/%s is gone: got uid %s, wanted %s", kind, owner.GetNamespace(), owner.GetName(), fresh.GetUID(), owner.GetUID())
+		}
+		if fresh.GetDeletionTimestamp() != nil {
+			return fmt.Errorf("%s %s/%s is being deleted", kind, owner.GetNamespace(), owner.GetName())
+		}
+		return nil
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -117,5 +118,29 @@ func TestClaimRefusedAdoptionAndGoneObjects(t *testing.T) {
 		[]*corev1.Pod{pod("orphan", "web", ""), pod("strayed", "db", "owner"), pod("mine", "web", "owner")}, count)
 	if err != nil || calls != 0 || len(got) != 1 {
 		t.Errorf("deleting owner: %d patches, %d claimed, err %v; want 0 patches and only mine", calls, len(got), err)
+	}
+}
+
+func TestRecheck(t *testing.T) {
+	owner := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "rs", Namespace: "ns", UID: "u1"}}
+	now := metav1.Now()
+	tests := []struct {
+		name    string
+		fresh   *corev1.Pod
+		err     error
+		wantErr string
+	}{
+		{name: "same owner", fresh: owner},
+		{name: "gone", err: apierrors.NewNotFound(schema.GroupResource{Resource: "replicasets"}, "rs"), wantErr: "recheck ReplicaSet ns/rs"},
+		{name: "recreated", fresh: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "rs", Namespace: "ns", UID: "u2"}}, wantErr: "is gone: got uid u2, wanted u1"},
+		{name: "being deleted", fresh: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "rs", Namespace: "ns", UID: "u1", DeletionTimestamp: &now}}, wantErr: "is being deleted"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Recheck(owner, "ReplicaSet", func(context.Context) (*corev1.Pod, error) { return tc.fresh, tc.err })(context.Background())
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("Recheck = %v, want %q", err, tc.wantErr)
+			}
+		})
 	}
 }

@@ -193,19 +193,13 @@ func (c *Controller) claim(ctx context.Context, api kindAPI, o *owner, selector 
 	rs := o.rs
 	// Adopting is only safe if the owner still exists, as the same object, and is not being
 	// deleted: the cache may be behind on all three (Kubernetes issue 42639).
-	canAdopt := func(ctx context.Context) error {
+	canAdopt := ownership.Recheck(rs, api.gvk().Kind, func(ctx context.Context) (*appsv1.ReplicaSet, error) {
 		fresh, err := api.fresh(ctx, rs.Namespace, rs.Name)
 		if err != nil {
-			return fmt.Errorf("recheck %s %s/%s: %w", api.gvk().Kind, rs.Namespace, rs.Name, err)
+			return nil, err
 		}
-		if fresh.rs.UID != rs.UID {
-			return fmt.Errorf("original %s %s/%s is gone: got uid %s, wanted %s", api.gvk().Kind, rs.Namespace, rs.Name, fresh.rs.UID, rs.UID)
-		}
-		if fresh.rs.DeletionTimestamp != nil {
-			return fmt.Errorf("%s %s/%s has just been deleted at %s", api.gvk().Kind, rs.Namespace, rs.Name, fresh.rs.DeletionTimestamp)
-		}
-		return nil
-	}
+		return fresh.rs, nil
+	})
 	patch := func(ctx context.Context, name string, data []byte) error {
 		_, err := c.kube.CoreV1().Pods(rs.Namespace).Patch(ctx, name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
 		return err

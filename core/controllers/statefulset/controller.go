@@ -254,17 +254,7 @@ func (c *Controller) claimRevisions(ctx context.Context, owner ownership.Owner) 
 // canAdopt re-reads the set from the API server: adopting for a set that was deleted and
 // recreated under the same name would hand pods to the wrong owner.
 func (c *Controller) canAdopt(set *appsv1.StatefulSet) func(context.Context) error {
-	return func(ctx context.Context) error {
-		fresh, err := c.kube.AppsV1().StatefulSets(set.Namespace).Get(ctx, set.Name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("re-read statefulset %s/%s: %w", set.Namespace, set.Name, err)
-		}
-		if fresh.UID != set.UID {
-			return fmt.Errorf("statefulset %s/%s was recreated (uid %s, had %s)", set.Namespace, set.Name, fresh.UID, set.UID)
-		}
-		if fresh.DeletionTimestamp != nil {
-			return fmt.Errorf("statefulset %s/%s is being deleted", set.Namespace, set.Name)
-		}
-		return nil
-	}
+	return ownership.Recheck(set, "StatefulSet", func(ctx context.Context) (*appsv1.StatefulSet, error) {
+		return c.kube.AppsV1().StatefulSets(set.Namespace).Get(ctx, set.Name, metav1.GetOptions{})
+	})
 }
