@@ -24,6 +24,8 @@ import (
 	"berth.dev/berth/core/controllers/daemonset"
 	"berth.dev/berth/core/controllers/deployment"
 	"berth.dev/berth/core/controllers/disruption"
+	"berth.dev/berth/core/controllers/endpoints"
+	"berth.dev/berth/core/controllers/endpointslice"
 	"berth.dev/berth/core/controllers/garbagecollector"
 	"berth.dev/berth/core/controllers/job"
 	"berth.dev/berth/core/controllers/namespace"
@@ -122,6 +124,12 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		}},
 		{"job", func(l *slog.Logger) (controller, error) {
 			return job.New(kube, kubeInformers, job.Options{Log: l, Recorder: recorder("job-controller")})
+		}},
+		{"endpoints", func(l *slog.Logger) (controller, error) {
+			return endpoints.New(kube, kubeInformers, endpoints.Options{Log: l, Recorder: recorder("endpoint-controller")})
+		}},
+		{"endpointslice", func(l *slog.Logger) (controller, error) {
+			return endpointslice.New(kube, kubeInformers, endpointslice.Options{Log: l, Recorder: recorder("endpointslice-controller")})
 		}},
 		{"cronjob", func(l *slog.Logger) (controller, error) {
 			return cronjob.New(kube, kubeInformers, cronjob.Options{Log: l, Recorder: recorder("cronjob-controller")})
