@@ -7,6 +7,9 @@
 // runtime match the pod and writes the status. A relist of the runtime every second (the
 // kubelet's PLEG) wakes the worker of a pod whose containers changed; since the runtime
 // is the record, a restarted agent adopts the pods it finds instead of starting them again.
+// Probes run in goroutines of their own (prober.go), one per probe per container; a
+// changed result wakes the pod's worker, which writes readiness into the status and kills
+// a container that failed its liveness or startup probe.
 package agent
 
 import (
@@ -36,6 +39,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/utils/clock"
 )
 
 // KubeletVersion is the Kubernetes version the agent reports in the Node's nodeInfo: the
@@ -84,6 +88,8 @@ type Agent struct {
 	recorder                    record.EventRecorder
 
 	crashBackoff, pullBackoff *backoff
+	// probes runs the containers' liveness, readiness and startup probes.
+	probes *prober
 
 	// lastNodeReport is when the Node's status was last written (postStatus only).
 	lastNodeReport time.Time
@@ -200,6 +206,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("pod informer: %w", err)
 	}
 
+	handlers := newProbeHandlers(a.runtime)
+	a.probes = newProber(ctx, proberConfig{
+		clock: clock.RealClock{},
+		run:   handlers.run,
+		event: func(pod *corev1.Pod, c *corev1.Container, eventType, reason, message string) {
+			a.recorder.Event(containerRef(pod, c), eventType, reason, message)
+		},
+		wake: a.queue.Add,
+	})
+
 	g, gctx := errgroup.WithContext(ctx)
 	factory.Start(gctx.Done())
 	defer factory.Shutdown()
@@ -225,6 +241,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	err := g.Wait()
+	a.probes.stop()
 	a.killers.Wait()
 	return err
 }
@@ -310,6 +327,7 @@ func (a *Agent) forget(uid types.UID, containers []string) {
 	a.mu.Lock()
 	delete(a.states, uid)
 	a.mu.Unlock()
+	a.probes.removePod(uid)
 	for _, c := range containers {
 		a.crashBackoff.Forget(string(uid) + "/" + c)
 	}

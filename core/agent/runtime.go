@@ -129,6 +129,18 @@ func (a *Agent) removeSandbox(ctx context.Context, id string) error {
 	return nil
 }
 
+// stopContainer stops one container: SIGTERM, then SIGKILL after grace.
+func (a *Agent) stopContainer(ctx context.Context, id string, grace time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, grace+criTimeout)
+	defer cancel()
+	if _, err := a.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{
+		ContainerId: id, Timeout: int64(grace / time.Second),
+	}); err != nil {
+		return fmt.Errorf("stop container %s: %w", id, err)
+	}
+	return nil
+}
+
 func (a *Agent) isKilling(uid types.UID) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()

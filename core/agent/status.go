@@ -28,6 +28,8 @@ type statusInput struct {
 	rt  podRuntime
 	// waiting holds the agent's reasons, by container name.
 	waiting map[string]waitingState
+	// probes are the containers' standing probe results, by container ID.
+	probes map[string]containerProbes
 	// runtimeName prefixes container IDs (containerd://...).
 	runtimeName string
 	hostIP      string
@@ -158,8 +160,11 @@ func containerStatus(c *corev1.Container, in statusInput) corev1.ContainerStatus
 	switch {
 	case latest != nil && latest.State == runtimeapi.ContainerState_CONTAINER_RUNNING:
 		cs.State.Running = &corev1.ContainerStateRunning{StartedAt: criTime(latest.StartedAt)}
-		cs.Ready = true // no readiness probes yet: a running container is ready
-		started = true
+		// A container with a startup probe has started once the probe succeeded; one
+		// with a readiness probe is ready while the probe succeeds.
+		r := in.probes[latest.Id]
+		started = c.StartupProbe == nil || r.startup == probeSuccess
+		cs.Ready = started && (c.ReadinessProbe == nil || r.readiness == probeSuccess)
 	case hasWaiting:
 		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: w.reason, Message: w.message}
 		if latest != nil && latest.State == runtimeapi.ContainerState_CONTAINER_EXITED {

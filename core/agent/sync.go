@@ -74,6 +74,8 @@ func (a *Agent) syncPod(ctx context.Context, key string) (time.Duration, error) 
 // syncDeleted stops a pod that has a deletionTimestamp and, once its sandboxes are gone,
 // confirms the deletion as the kubelet does: a delete with grace period 0.
 func (a *Agent) syncDeleted(ctx context.Context, key string, pod *corev1.Pod, sandboxes []*runtimeapi.PodSandbox) error {
+	// A pod on its way out is neither restarted for a failed probe nor made ready.
+	a.probes.removePod(pod.UID)
 	if len(sandboxes) > 0 {
 		grace := time.Duration(corev1.DefaultTerminationGracePeriodSeconds) * time.Second
 		if pod.DeletionGracePeriodSeconds != nil {
@@ -211,6 +213,9 @@ func (a *Agent) syncContainer(ctx context.Context, pod *corev1.Pod, c *corev1.Co
 	switch latest.State {
 	case runtimeapi.ContainerState_CONTAINER_RUNNING:
 		a.setWaiting(pod.UID, c.Name, nil)
+		if kind, failed := a.probes.failed(latest.Id); failed {
+			a.killUnhealthy(ctx, pod, c, latest.Id, kind)
+		}
 		return 0
 	case runtimeapi.ContainerState_CONTAINER_CREATED:
 		// Created by an earlier run that stopped before starting it.
@@ -378,11 +383,13 @@ func (a *Agent) ensureImage(ctx context.Context, pod *corev1.Pod, c *corev1.Cont
 // writeStatus computes the pod's status from rt (nil: no sandbox yet) and writes it when
 // it changed.
 func (a *Agent) writeStatus(ctx context.Context, pod *corev1.Pod, rt *podRuntime) error {
-	in := statusInput{pod: pod, waiting: a.waitingCopy(pod.UID), runtimeName: a.runtimeName, hostIP: a.hostIP, now: a.now()}
+	in := statusInput{pod: pod, waiting: a.waitingCopy(pod.UID), probes: a.probes.resultsOf(pod.UID),
+		runtimeName: a.runtimeName, hostIP: a.hostIP, now: a.now()}
 	if rt != nil {
 		in.rt = *rt
 	}
 	st := computeStatus(in)
+	a.probes.update(pod, &st)
 	if apiequality.Semantic.DeepEqual(st, pod.Status) {
 		return nil
 	}
