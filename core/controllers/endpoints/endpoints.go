@@ -231,6 +231,11 @@ func (c *Controller) Reconcile(ctx context.Context, key string) (reconcile.Resul
 		if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
 			return reconcile.Result{}, nil // the namespace is going away, and the Endpoints with it
 		}
+		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+			// The cache is behind this controller's own last write: try again once it has
+			// caught up, without a warning event (nothing is wrong).
+			return reconcile.Result{Requeue: true}, nil
+		}
 		c.recorder.Eventf(svc, corev1.EventTypeWarning, "FailedToUpdateEndpoint", "Failed to update endpoint %s: %v", key, err)
 		return reconcile.Result{}, fmt.Errorf("write endpoints %s: %w", key, err)
 	}
