@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,18 +28,31 @@ type namespaceCache struct {
 func newNamespaceCache(ctx context.Context, store *storage.Store) (*namespaceCache, error) {
 	res, _ := registry.Lookup("", "v1", "namespaces")
 	c := &namespaceCache{store: store, prefix: collectionPrefix(res, ""), phases: map[string]corev1.NamespacePhase{}}
-	list, err := store.List(ctx, c.prefix, storage.ListOptions{})
+	rev, err := c.relist(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list namespaces: %w", err)
+		return nil, err
 	}
-	for _, o := range list.Items {
-		c.apply(storage.Added, o.Key, o.Value)
-	}
-	go c.run(ctx, list.Revision)
+	go c.run(ctx, rev)
 	return c, nil
 }
 
-// run follows namespace changes until ctx ends, re-listing if the watch breaks.
+// relist replaces the cache with what the store holds and returns the list's revision.
+func (c *namespaceCache) relist(ctx context.Context) (int64, error) {
+	list, err := c.store.List(ctx, c.prefix, storage.ListOptions{})
+	if err != nil {
+		return 0, fmt.Errorf("list namespaces: %w", err)
+	}
+	c.mu.Lock()
+	c.phases = map[string]corev1.NamespacePhase{}
+	c.mu.Unlock()
+	for _, o := range list.Items {
+		c.apply(storage.Added, o.Key, o.Value)
+	}
+	return list.Revision, nil
+}
+
+// run follows namespace changes until ctx ends. When its revision was compacted away it
+// lists again, so that a namespace deleted in the gap does not linger in the cache.
 func (c *namespaceCache) run(ctx context.Context, rev int64) {
 	for ctx.Err() == nil {
 		events, errs := c.store.Watch(ctx, c.prefix, rev)
@@ -47,7 +61,14 @@ func (c *namespaceCache) run(ctx context.Context, rev int64) {
 			rev = ev.Revision
 		}
 		if err := <-errs; err != nil && errors.Is(err, storage.ErrGone) {
-			rev = 0
+			for ctx.Err() == nil {
+				r, err := c.relist(ctx)
+				if err == nil {
+					rev = r
+					break
+				}
+				sleepCtx(ctx, time.Second)
+			}
 		}
 	}
 }

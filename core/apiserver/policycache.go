@@ -75,6 +75,8 @@ func (c *policyCache) run(ctx context.Context, rev int64) {
 		if err := <-errs; err != nil && errors.Is(err, storage.ErrGone) {
 			if r, err := c.relist(ctx); err == nil {
 				rev = r
+			} else {
+				sleepCtx(ctx, time.Second) // etcd is unwell: do not spin
 			}
 		}
 	}
