@@ -12,7 +12,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -30,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
+	"berth.dev/berth/core/controllers/internal/podaddr"
 	"berth.dev/berth/core/controllers/reconcile"
 )
 
@@ -97,7 +97,7 @@ func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opt
 		}
 	}
 	onPod := func(objs ...any) {
-		for _, key := range servicesFor(c.services, objs...) {
+		for _, key := range podaddr.ServicesFor(c.services, objs...) {
 			c.queue.Add(key)
 		}
 	}
@@ -137,30 +137,6 @@ func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opt
 		c.synced = append(c.synced, reg.HasSynced)
 	}
 	return c, nil
-}
-
-// servicesFor returns the keys of the Services whose selectors pick any of the pods (the
-// old and new versions of an updated pod, whose labels may differ).
-func servicesFor(services corelisters.ServiceLister, objs ...any) []string {
-	var keys []string
-	for _, obj := range objs {
-		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = tomb.Obj
-		}
-		pod, ok := obj.(*corev1.Pod)
-		if !ok {
-			continue
-		}
-		svcs, _ := services.Services(pod.Namespace).List(labels.Everything())
-		for _, s := range svcs {
-			if s.Spec.Selector != nil && labels.SelectorFromValidatedSet(s.Spec.Selector).Matches(labels.Set(pod.Labels)) {
-				if key := s.Namespace + "/" + s.Name; !slices.Contains(keys, key) {
-					keys = append(keys, key)
-				}
-			}
-		}
-	}
-	return keys
 }
 
 // Run keeps the EndpointSlices true until ctx ends.

@@ -1,5 +1,5 @@
 // Package podaddr holds what the endpoints and endpointslice controllers both decide about a
-// pod behind a Service: whether it is listed at all, its address for an IP family, the port
+// pod behind a Service: which Services select it, whether it is listed at all, its address for an IP family, the port
 // a Service port reaches on it, and its readiness. It follows Kubernetes'
 // k8s.io/endpointslice/util and pkg/api/v1/pod.
 package podaddr
@@ -7,9 +7,13 @@ package podaddr
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
 )
 
 // Include reports whether pod belongs in a Service's endpoints at all: it has an IP and has
@@ -114,4 +118,29 @@ func FindPort(pod *corev1.Pod, sp *corev1.ServicePort) (int32, error) {
 		return n, nil
 	}
 	return 0, fmt.Errorf("pod %s/%s has no %s port named %q", pod.Namespace, pod.Name, proto, name)
+}
+
+// ServicesFor returns the keys (namespace/name) of the Services whose selectors pick any of
+// the pods given (the old and new versions of an updated pod, whose labels may differ; a
+// deleted pod's tombstone), so that a pod change wakes exactly the Services it concerns.
+func ServicesFor(services corelisters.ServiceLister, objs ...any) []string {
+	var keys []string
+	for _, obj := range objs {
+		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		pod, ok := obj.(*corev1.Pod)
+		if !ok {
+			continue
+		}
+		svcs, _ := services.Services(pod.Namespace).List(labels.Everything())
+		for _, s := range svcs {
+			if s.Spec.Selector != nil && labels.SelectorFromValidatedSet(s.Spec.Selector).Matches(labels.Set(pod.Labels)) {
+				if key := s.Namespace + "/" + s.Name; !slices.Contains(keys, key) {
+					keys = append(keys, key)
+				}
+			}
+		}
+	}
+	return keys
 }
