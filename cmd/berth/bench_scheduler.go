@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -95,38 +94,18 @@ func (b *bindWatch) boundCount() int {
 	return len(b.bound)
 }
 
-func runSchedulerBench(ctx context.Context, o schedulerBenchOptions, out, logw io.Writer) (err error) {
-	dir, err := os.MkdirTemp("", "berth-bench-")
-	if err != nil {
-		return fmt.Errorf("create temp data dir: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	machine := readMachineInfo()
+func runSchedulerBench(ctx context.Context, o schedulerBenchOptions, out, logw io.Writer) error {
 	extra := []string{"--controllers=false", "--scheduler=true"}
-	fmt.Fprintf(logw, "starting %s server --data-dir %s --port 0 --controllers=false\n", o.serverBinary, dir)
-	srv, err := startBenchServer(ctx, o.serverBinary, dir, extra, o.startTimeout)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if serr := srv.stop(30 * time.Second); serr != nil && err == nil {
-			err = serr
-		}
-		if err != nil {
-			fmt.Fprintf(logw, "the end of the server log:\n%s", srv.logTail(30))
-		}
-	}()
-	kube, err := kubernetes.NewForConfig(srv.restConfig)
-	if err != nil {
-		return fmt.Errorf("build client: %w", err)
-	}
+	return withBenchCluster(ctx, o.serverBinary, extra, o.startTimeout, o.nodes, logw, func(ctx context.Context, c *benchCluster) error {
+		return measureScheduling(ctx, c, o, out, logw)
+	})
+}
+
+// measureScheduling creates the pods on a ready cluster and reports how they were bound.
+func measureScheduling(ctx context.Context, c *benchCluster, o schedulerBenchOptions, out, logw io.Writer) (err error) {
+	srv, kube, machine := c.srv, c.kube, c.machine
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	fmt.Fprintf(logw, "creating %d nodes\n", o.nodes)
-	if err := createBenchNodes(ctx, kube, o.nodes); err != nil {
-		return err
-	}
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: benchNamespace}}, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create namespace: %w", err)
 	}

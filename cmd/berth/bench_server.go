@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,4 +139,45 @@ func (s *benchServer) logTail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return string(bytes.Join(lines, []byte("\n"))) + "\n"
+}
+
+// benchCluster is a server started for a benchmark: a client of it, and the machine it
+// runs on as read before it started.
+type benchCluster struct {
+	srv     *benchServer
+	kube    kubernetes.Interface
+	machine machineInfo
+}
+
+// withBenchCluster starts `binary server --data-dir <temp> --port 0 extra...`, creates
+// nodes API-only nodes and runs measure; then it stops the server (printing the end of its
+// log when anything failed) and removes the data dir.
+func withBenchCluster(ctx context.Context, binary string, extra []string, startTimeout time.Duration, nodes int, logw io.Writer, measure func(context.Context, *benchCluster) error) (err error) {
+	dir, err := os.MkdirTemp("", "berth-bench-")
+	if err != nil {
+		return fmt.Errorf("create temp data dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	c := &benchCluster{machine: readMachineInfo()} // before the server adds to the load average
+	fmt.Fprintf(logw, "starting %s server --data-dir %s --port 0 %s\n", binary, dir, strings.Join(extra, " "))
+	c.srv, err = startBenchServer(ctx, binary, dir, extra, startTimeout)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if serr := c.srv.stop(30 * time.Second); serr != nil && err == nil {
+			err = serr
+		}
+		if err != nil {
+			fmt.Fprintf(logw, "the end of the server log:\n%s", c.srv.logTail(30))
+		}
+	}()
+	if c.kube, err = kubernetes.NewForConfig(c.srv.restConfig); err != nil {
+		return fmt.Errorf("build client: %w", err)
+	}
+	fmt.Fprintf(logw, "creating %d nodes\n", nodes)
+	if err := createBenchNodes(ctx, c.kube, nodes); err != nil {
+		return err
+	}
+	return measure(ctx, c)
 }

@@ -71,37 +71,18 @@ and the old one none. Prints pods/s against berth's target (200) and the server'
 	return cmd
 }
 
-func runWorkloadBench(ctx context.Context, o workloadBenchOptions, out, logw io.Writer) (err error) {
-	dir, err := os.MkdirTemp("", "berth-bench-")
-	if err != nil {
-		return fmt.Errorf("create temp data dir: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	machine := readMachineInfo()
-	fmt.Fprintf(logw, "starting %s server --data-dir %s --port 0\n", o.serverBinary, dir)
-	srv, err := startBenchServer(ctx, o.serverBinary, dir, nil, o.startTimeout)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if serr := srv.stop(30 * time.Second); serr != nil && err == nil {
-			err = serr
-		}
-		if err != nil {
-			fmt.Fprintf(logw, "the end of the server log:\n%s", srv.logTail(30))
-		}
-	}()
-	kube, err := kubernetes.NewForConfig(srv.restConfig)
-	if err != nil {
-		return fmt.Errorf("build client: %w", err)
-	}
+func runWorkloadBench(ctx context.Context, o workloadBenchOptions, out, logw io.Writer) error {
+	return withBenchCluster(ctx, o.serverBinary, nil, o.startTimeout, o.nodes, logw, func(ctx context.Context, c *benchCluster) error {
+		return measureWorkloads(ctx, c, o, out, logw)
+	})
+}
+
+// measureWorkloads creates the Deployment on a ready cluster, plays the nodes' agents and
+// reports how fast it was created, bound and rolled.
+func measureWorkloads(ctx context.Context, c *benchCluster, o workloadBenchOptions, out, logw io.Writer) (err error) {
+	srv, kube, machine := c.srv, c.kube, c.machine
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	fmt.Fprintf(logw, "creating %d nodes\n", o.nodes)
-	if err := createBenchNodes(ctx, kube, o.nodes); err != nil {
-		return err
-	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
