@@ -156,9 +156,10 @@ func protocol(p corev1.Protocol) runtimeapi.Protocol {
 
 // containerConfig is the CRI container for c of pod: command and args with $(VAR)
 // references expanded as the kubelet does, env (envFrom, then env, valueFrom resolved),
-// working dir, log path, resources and security context. image is the image reference to
-// run (the image ID once it is pulled).
-func containerConfig(pod *corev1.Pod, c *corev1.Container, attempt uint32, image string, net podNetwork, objects objectSource) (*runtimeapi.ContainerConfig, error) {
+// working dir, log path, resources, security context and the mounts of its volumeMounts
+// (vols are the pod's volumes that are set up). image is the image reference to run (the
+// image ID once it is pulled).
+func containerConfig(pod *corev1.Pod, c *corev1.Container, attempt uint32, image string, net podNetwork, objects objectSource, vols podVolumes) (*runtimeapi.ContainerConfig, error) {
 	env, err := containerEnv(pod, c, net, objects)
 	if err != nil {
 		return nil, err
@@ -168,6 +169,10 @@ func containerConfig(pod *corev1.Pod, c *corev1.Container, attempt uint32, image
 	for _, e := range env {
 		mapping[e.name] = e.value
 		envs = append(envs, &runtimeapi.KeyValue{Key: e.name, Value: e.value})
+	}
+	mounts, err := containerMounts(pod, c, vols, mapping)
+	if err != nil {
+		return nil, err
 	}
 	mappingFunc := expansion.MappingFuncFor(mapping)
 	expand := func(in []string) []string {
@@ -189,6 +194,7 @@ func containerConfig(pod *corev1.Pod, c *corev1.Container, attempt uint32, image
 		Args:        expand(c.Args),
 		WorkingDir:  c.WorkingDir,
 		Envs:        envs,
+		Mounts:      mounts,
 		Labels:      labels,
 		Annotations: map[string]string{"io.kubernetes.container.restartCount": strconv.Itoa(int(attempt))},
 		LogPath:     filepath.Join(c.Name, strconv.Itoa(int(attempt))+".log"),

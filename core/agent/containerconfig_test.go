@@ -115,7 +115,7 @@ func TestContainerConfigEnvAndCommand(t *testing.T) {
 		configMaps: map[string]map[string]string{"settings": {"MODE": "from-configmap", "level": "debug"}},
 		secrets:    map[string]map[string][]byte{"creds": {"TOKEN": []byte("s3cret")}},
 	}
-	cfg, err := containerConfig(pod, c, 3, "sha256:abc", podNetwork{PodIPs: []string{"10.244.0.7"}, HostIP: "192.0.2.2"}, objects)
+	cfg, err := containerConfig(pod, c, 3, "sha256:abc", podNetwork{PodIPs: []string{"10.244.0.7"}, HostIP: "192.0.2.2"}, objects, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestContainerConfigErrors(t *testing.T) {
 			pod := testPod()
 			pod.Spec.Containers[0].Env = []corev1.EnvVar{tt.env}
 			objects := fakeObjects{configMaps: map[string]map[string]string{"settings": {}}}
-			_, err := containerConfig(pod, &pod.Spec.Containers[0], 0, "img", podNetwork{}, objects)
+			_, err := containerConfig(pod, &pod.Spec.Containers[0], 0, "img", podNetwork{}, objects, nil)
 			var ce *configError
 			if !errors.As(err, &ce) || err.Error() != tt.want {
 				t.Errorf("error %v, want the configuration error %q", err, tt.want)
@@ -189,7 +189,7 @@ func TestContainerConfigResourcesAndSecurity(t *testing.T) {
 	}
 	c.Env = []corev1.EnvVar{{Name: "MEM", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{
 		Resource: "limits.memory", Divisor: resource.MustParse("1Mi")}}}}
-	cfg, err := containerConfig(pod, c, 0, "img", podNetwork{}, fakeObjects{})
+	cfg, err := containerConfig(pod, c, 0, "img", podNetwork{}, fakeObjects{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
