@@ -161,6 +161,7 @@ func (a *Agent) updateNodeStatus(ctx context.Context) error {
 	node.Status.Conditions = a.nodeConditions(ctx, node.Status.Conditions)
 	node.Status.Addresses = a.nodeAddresses()
 	node.Status.NodeInfo = a.nodeInfo()
+	node.Status.DaemonEndpoints.KubeletEndpoint.Port = a.streams.port()
 	node.Status.Phase = ""
 	if !nodeStatusChanged(old, &node.Status) && a.now().Sub(a.lastNodeReport) < nodeStatusReportInterval {
 		return nil

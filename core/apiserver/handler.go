@@ -32,6 +32,8 @@ type Handler struct {
 	services   *serviceAllocator
 	fields     fieldManagers
 	mux        *http.ServeMux
+	// nodes reaches node agents for pods/log, exec, attach and portforward (nodeproxy.go).
+	nodes *nodeClient
 	// authenticate returns the request's user; nil means every request is allowed (tests).
 	authenticate func(*http.Request) (pki.User, bool)
 	// DefaultTolerationSeconds is what pods get as tolerations of the not-ready and

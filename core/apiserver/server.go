@@ -130,6 +130,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	handler.DefaultTolerationSeconds = cfg.DefaultTolerationSeconds
+	nodeTLS, err := bundle.NodeClientTLS()
+	if err != nil {
+		stopServing()
+		client.Close()
+		closeAll()
+		return nil, err
+	}
+	handler.SetNodeClientTLS(nodeTLS)
 	if cfg.ServiceRanges.ClusterIPs.IsValid() {
 		if err := handler.SetServiceRanges(cfg.ServiceRanges); err != nil {
 			stopServing()

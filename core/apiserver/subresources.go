@@ -312,18 +312,29 @@ func (q *request) checkDisruptionBudgets(pod *corev1.Pod) error {
 	}
 }
 
-// serveStreaming answers log, exec, attach and port-forward, which the node agent serves: the
-// API server will proxy them to the agent of the pod's node once agents exist (issue 5).
+// serveStreaming answers log, exec, attach and port-forward by proxying them to the agent
+// of the pod's node (nodeproxy.go): log is a GET; exec, attach and port-forward are
+// connections upgraded with GET or POST, as kubectl makes them.
 func (q *request) serveStreaming() {
+	switch {
+	case q.info.Subresource == "log" && q.info.Verb == "get":
+	case q.info.Subresource != "log" && (q.info.Verb == "get" || q.info.Verb == "create"):
+	default:
+		q.methodNotSupported()
+		return
+	}
 	obj, _, err := q.load(q.info.Name)
 	if err != nil {
 		q.fail(err)
 		return
 	}
 	pod := obj.(*corev1.Pod)
-	if pod.Spec.NodeName == "" {
-		q.fail(apierrors.NewBadRequest(fmt.Sprintf("pod %s does not have a host assigned", pod.Name)))
-		return
+	switch q.info.Subresource {
+	case "log":
+		q.serveLog(pod)
+	case "portforward":
+		q.servePortForward(pod)
+	default:
+		q.serveRemoteCommand(pod)
 	}
-	q.fail(apierrors.NewServiceUnavailable(fmt.Sprintf("no node agent serves %s for pod %s on node %s", q.info.Subresource, pod.Name, pod.Spec.NodeName)))
 }
