@@ -66,6 +66,13 @@ type Config struct {
 	Workers int
 	// RelistPeriod is how often the runtime is listed for changes (1 s when zero).
 	RelistPeriod time.Duration
+	// ClientCA is the PEM of the CA whose client certificates may use the agent's
+	// streaming server (logs, exec, attach, port-forward): the cluster CA, from the
+	// kubeconfig. Without it the agent serves no streams and publishes no port.
+	ClientCA []byte
+	// StreamingAddr is where the streaming server listens (DefaultStreamingAddr when
+	// empty); its port goes into the Node's status.daemonEndpoints.kubeletEndpoint.
+	StreamingAddr string
 	// LeaseRenewInterval is how often the node's Lease is renewed (10 s when zero), and
 	// StatusInterval how often the Node's status is posted (10 s when zero).
 	LeaseRenewInterval, StatusInterval time.Duration
@@ -90,6 +97,11 @@ type Agent struct {
 	crashBackoff, pullBackoff *backoff
 	// probes runs the containers' liveness, readiness and startup probes.
 	probes *prober
+	// hooks runs the containers' postStart and preStop hooks.
+	hooks *hookRunner
+
+	// streams is the streaming server; nil without a ClientCA.
+	streams *streamServer
 
 	// lastNodeReport is when the Node's status was last written (postStatus only).
 	lastNodeReport time.Time
@@ -99,6 +111,10 @@ type Agent struct {
 	terminating map[types.UID]bool
 	// killers are the goroutines that stop pods; Run waits for them.
 	killers sync.WaitGroup
+
+	// volumes caches the objects pods' volumes project and backs off failed mounts
+	// (volumes.go); its zero value is ready.
+	volumes volumeManager
 }
 
 // podState is what the agent knows of a pod that the runtime does not record.
@@ -135,6 +151,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = 10 * time.Second
 	}
+	if cfg.StreamingAddr == "" {
+		cfg.StreamingAddr = DefaultStreamingAddr
+	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("agent data dir: %w", err)
@@ -152,6 +171,7 @@ func New(cfg Config) (*Agent, error) {
 		conn:         conn,
 		runtime:      runtimeapi.NewRuntimeServiceClient(conn),
 		images:       runtimeapi.NewImageServiceClient(conn),
+		hooks:        newHookRunner(runtimeapi.NewRuntimeServiceClient(conn)),
 		now:          time.Now,
 		crashBackoff: newBackoff(backoffInitial, backoffMax),
 		pullBackoff:  newBackoff(backoffInitial, backoffMax),
@@ -174,6 +194,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.hostIP = a.cfg.NodeIP
 	if a.hostIP == "" {
 		a.hostIP = detectNodeIP()
+	}
+	if len(a.cfg.ClientCA) > 0 {
+		// Bound before the Node is registered, so its status carries the port.
+		streams, err := a.listenStreaming()
+		if err != nil {
+			return err
+		}
+		a.streams = streams
+		defer streams.close()
+	} else {
+		a.log.Warn("no client CA: the agent serves no logs, exec, attach or port-forward")
 	}
 	if err := a.registerNode(ctx); err != nil {
 		return err
@@ -228,6 +259,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { a.renewLease(gctx); return nil })
 	g.Go(func() error { a.postStatus(gctx); return nil })
 	g.Go(func() error { a.relist(gctx); return nil })
+	if a.streams != nil {
+		g.Go(func() error { return a.streams.serve(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		a.queue.ShutDown()

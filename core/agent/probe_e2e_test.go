@@ -19,7 +19,8 @@ import (
 
 // TestProbesOnContainerd runs probes against real containers: a pod whose readiness
 // probe execs `cat /tmp/ready` stays not Ready until the file exists, and a container whose
-// liveness probe execs `false` is killed and restarted, with Unhealthy and Killing events.
+// liveness probe execs `false` is killed and restarted, with Unhealthy and Killing events;
+// postStart and preStop hooks run, and their failures are events.
 func TestProbesOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd, real containers and an API server")
@@ -130,12 +131,58 @@ func TestProbesOnContainerd(t *testing.T) {
 		return hasEvent(ctx, t, kube, "unhealthy", "Killing", "Container main failed liveness probe, will be restarted"), nil
 	})
 
-	for _, name := range []string{"gated", "unhealthy"} {
-		if err := kube.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+	// Lifecycle hooks: postStart runs in the container before it counts as started; a
+	// failing postStart gets the container killed and restarted; preStop runs on deletion
+	// and its failure is an event that carries its output.
+	hooked := busyboxPod("hooked", node, corev1.RestartPolicyAlways, "sleep", "3600")
+	hooked.Spec.Containers[0].Lifecycle = &corev1.Lifecycle{
+		PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "echo started > /tmp/poststart"}}},
+		PreStop:   &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "echo goodbye; exit 1"}}},
+	}
+	badStart := busyboxPod("badstart", node, corev1.RestartPolicyAlways, "sleep", "3600")
+	badStart.Spec.Containers[0].Lifecycle = &corev1.Lifecycle{
+		PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"false"}}},
+	}
+	for _, p := range []*corev1.Pod{hooked, badStart} {
+		if _, err := kube.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, name := range []string{"gated", "unhealthy"} {
+	testserver.WaitForWithin(t, "hooked running", 30*time.Second, func() (bool, error) {
+		p, err := get("hooked")
+		if err != nil || len(p.Status.ContainerStatuses) != 1 {
+			return false, err
+		}
+		cs := p.Status.ContainerStatuses[0]
+		containerID = strings.TrimPrefix(cs.ContainerID, "containerd://")
+		return cs.State.Running != nil, fmt.Errorf("status %+v", p.Status)
+	})
+	if got := rt.exec(t, containerID, "cat", "/tmp/poststart"); got != "started\n" {
+		t.Errorf("the postStart hook wrote %q, want \"started\\n\"", got)
+	}
+	testserver.WaitForWithin(t, "badstart restarted after its postStart hook failed", 30*time.Second, func() (bool, error) {
+		p, err := get("badstart")
+		if err != nil || len(p.Status.ContainerStatuses) != 1 {
+			return false, err
+		}
+		cs := p.Status.ContainerStatuses[0]
+		return cs.RestartCount >= 1 && hasEvent(ctx, t, kube, "badstart", "FailedPostStartHook", "Exec lifecycle hook ([false]) for Container \"main\""), fmt.Errorf("container %+v", cs)
+	})
+	step("postStart hooks ran")
+	if err := kube.CoreV1().Pods("default").Delete(ctx, "hooked", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testserver.WaitForWithin(t, "FailedPreStopHook event with the hook's output", 30*time.Second, func() (bool, error) {
+		return hasEvent(ctx, t, kube, "hooked", "FailedPreStopHook", "Exec lifecycle hook ([sh -c echo goodbye; exit 1]) for Container \"main\""), nil
+	})
+	step("preStop hook ran")
+
+	for _, name := range []string{"gated", "unhealthy", "hooked", "badstart"} {
+		if err := kube.CoreV1().Pods("default").Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"gated", "unhealthy", "hooked", "badstart"} {
 		testserver.WaitForWithin(t, "pod "+name+" gone", 30*time.Second, func() (bool, error) {
 			_, err := get(name)
 			return apierrors.IsNotFound(err), err

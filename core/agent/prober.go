@@ -510,7 +510,8 @@ func (a *Agent) killUnhealthy(ctx context.Context, pod *corev1.Pod, c *corev1.Co
 	go func() {
 		defer a.killers.Done()
 		defer a.probes.endKill(id)
-		if err := a.stopContainer(ctx, id, grace); err != nil && ctx.Err() == nil {
+		left := a.preStop(ctx, pod, c.Name, id, grace)
+		if err := a.stopContainer(ctx, id, left); err != nil && ctx.Err() == nil {
 			a.log.Error("stop unhealthy container", "pod", key, "container", c.Name, "err", err)
 		}
 		if ctx.Err() == nil {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -110,7 +111,7 @@ func (a *Agent) runSandbox(ctx context.Context, pod *corev1.Pod, cfg *runtimeapi
 func (a *Agent) stopSandbox(ctx context.Context, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, criTimeout)
 	defer cancel()
-	if _, err := a.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+	if _, err := a.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil && !gone(err) {
 		return fmt.Errorf("stop sandbox %s: %w", id, err)
 	}
 	return nil
@@ -123,7 +124,7 @@ func (a *Agent) removeSandbox(ctx context.Context, id string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, criTimeout)
 	defer cancel()
-	if _, err := a.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+	if _, err := a.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil && !gone(err) {
 		return fmt.Errorf("remove sandbox %s: %w", id, err)
 	}
 	return nil
@@ -135,11 +136,16 @@ func (a *Agent) stopContainer(ctx context.Context, id string, grace time.Duratio
 	defer cancel()
 	if _, err := a.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{
 		ContainerId: id, Timeout: int64(grace / time.Second),
-	}); err != nil {
+	}); err != nil && !gone(err) {
 		return fmt.Errorf("stop container %s: %w", id, err)
 	}
 	return nil
 }
+
+// gone tells whether a runtime's error says the sandbox or container is not there: what
+// was to be stopped or removed is, whatever the runtime's idempotence (containerd 1.6.20
+// answers NotFound to stopping something removed, which CRI says must succeed).
+func gone(err error) bool { return status.Code(err) == codes.NotFound }
 
 func (a *Agent) isKilling(uid types.UID) bool {
 	a.mu.Lock()
@@ -202,12 +208,15 @@ func (a *Agent) killSandboxes(ctx context.Context, pod *corev1.Pod, sandboxes []
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				cctx, cancel := context.WithTimeout(ctx, grace+criTimeout)
+				// The preStop hook runs within the grace period; what it leaves is the
+				// container's to stop in.
+				left := a.preStop(ctx, pod, c.GetMetadata().GetName(), c.Id, grace)
+				cctx, cancel := context.WithTimeout(ctx, left+criTimeout)
 				defer cancel()
 				_, err := a.runtime.StopContainer(cctx, &runtimeapi.StopContainerRequest{
-					ContainerId: c.Id, Timeout: int64(grace / time.Second),
+					ContainerId: c.Id, Timeout: int64(left / time.Second),
 				})
-				if err != nil {
+				if err != nil && !gone(err) {
 					select {
 					case errs <- fmt.Errorf("stop container %s: %w", c.Id, err):
 					default:

@@ -63,6 +63,11 @@ func (a *Agent) syncPod(ctx context.Context, key string) (time.Duration, error) 
 		a.kill(ctx, key, uid, nil, sbs, orphanGrace)
 	}
 	if pod == nil {
+		if len(orphans) == 0 {
+			// Gone from the API and from the runtime: its volumes go too (the kill of an
+			// orphan above wakes this key again when it is done).
+			a.sweepVolumes(ctx)
+		}
 		return 0, nil
 	}
 	if pod.DeletionTimestamp != nil {
@@ -86,6 +91,11 @@ func (a *Agent) syncDeleted(ctx context.Context, key string, pod *corev1.Pod, sa
 	}
 	if a.isKilling(pod.UID) {
 		return nil
+	}
+	// Its containers are gone: unmount and remove its volumes before the pod object
+	// goes, as the kubelet does, so that nothing of a deleted pod is left behind.
+	if err := a.tearDownVolumes(pod.UID); err != nil {
+		return fmt.Errorf("pod %s: %w", key, err)
 	}
 	err := a.cfg.Kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 		GracePeriodSeconds: new(int64),
@@ -128,6 +138,11 @@ func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runt
 				}
 			}
 		}
+		// Nothing runs in it any more: its volumes go, as the kubelet unmounts those of
+		// terminated pods.
+		if err := a.tearDownVolumes(pod.UID); err != nil {
+			return 0, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
 		return 0, nil
 	}
 	var requeue time.Duration
@@ -135,6 +150,25 @@ func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runt
 		if d > 0 && (requeue == 0 || d < requeue) {
 			requeue = d
 		}
+	}
+	// Volumes first: no sandbox or container starts before every volume is ready. Every
+	// sync also brings configMap, secret, downwardAPI and projected files up to date.
+	vols, ready, retry, refresh := a.setUpPodVolumes(ctx, pod, sb != nil && sb.State == runtimeapi.PodSandboxState_SANDBOX_READY)
+	if refresh {
+		later(volumeRefresh)
+	}
+	if !ready {
+		// ContainerCreating, with FailedMount events, until the volumes can be set up.
+		var rt *podRuntime
+		if sb != nil {
+			if r, err := a.podRuntime(ctx, sb.Id); err == nil {
+				rt = &r
+			}
+		}
+		if err := a.writeStatus(ctx, pod, rt); err != nil {
+			return 0, err
+		}
+		return retry, nil
 	}
 	sbConfig := sandboxConfig(pod, 0, podLogDir(a.cfg.DataDir, pod))
 	if sb == nil || sb.State != runtimeapi.PodSandboxState_SANDBOX_READY {
@@ -183,13 +217,13 @@ func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runt
 				continue
 			}
 			initialized = false
-			later(a.syncContainer(ctx, pod, c, sb.Id, sbConfig, history, net))
+			later(a.syncContainer(ctx, pod, c, sb.Id, sbConfig, history, net, vols))
 			break
 		}
 		if initialized {
 			for i := range pod.Spec.Containers {
 				c := &pod.Spec.Containers[i]
-				later(a.syncContainer(ctx, pod, c, sb.Id, sbConfig, rt.containers[c.Name], net))
+				later(a.syncContainer(ctx, pod, c, sb.Id, sbConfig, rt.containers[c.Name], net, vols))
 			}
 		}
 		if rt, err = a.podRuntime(ctx, sb.Id); err != nil {
@@ -205,9 +239,9 @@ func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runt
 // syncContainer starts c when it has no container yet, or restarts its exited container
 // when the restart policy says so and its back-off has passed. It returns how soon it
 // wants to look again.
-func (a *Agent) syncContainer(ctx context.Context, pod *corev1.Pod, c *corev1.Container, sandboxID string, sbConfig *runtimeapi.PodSandboxConfig, history []*runtimeapi.ContainerStatus, net podNetwork) time.Duration {
+func (a *Agent) syncContainer(ctx context.Context, pod *corev1.Pod, c *corev1.Container, sandboxID string, sbConfig *runtimeapi.PodSandboxConfig, history []*runtimeapi.ContainerStatus, net podNetwork, vols podVolumes) time.Duration {
 	if len(history) == 0 {
-		return a.startContainer(ctx, pod, c, sandboxID, sbConfig, 0, net)
+		return a.startContainer(ctx, pod, c, sandboxID, sbConfig, 0, net, vols)
 	}
 	latest := history[0]
 	switch latest.State {
@@ -239,7 +273,7 @@ func (a *Agent) syncContainer(ctx context.Context, pod *corev1.Pod, c *corev1.Co
 		return wait
 	}
 	a.crashBackoff.Next(key, now)
-	after := a.startContainer(ctx, pod, c, sandboxID, sbConfig, latest.GetMetadata().GetAttempt()+1, net)
+	after := a.startContainer(ctx, pod, c, sandboxID, sbConfig, latest.GetMetadata().GetAttempt()+1, net, vols)
 	// Keep the container that just exited, for lastState and `logs --previous`; older
 	// ones go, as the kubelet's container GC would.
 	for _, old := range history[1:] {
@@ -266,12 +300,12 @@ func shouldRestart(policy corev1.RestartPolicy, code int32) bool {
 // startContainer pulls c's image if needed, creates the container and starts it. Failures
 // become the container's waiting reason and an event; the returned duration is when to try
 // again.
-func (a *Agent) startContainer(ctx context.Context, pod *corev1.Pod, c *corev1.Container, sandboxID string, sbConfig *runtimeapi.PodSandboxConfig, attempt uint32, net podNetwork) time.Duration {
+func (a *Agent) startContainer(ctx context.Context, pod *corev1.Pod, c *corev1.Container, sandboxID string, sbConfig *runtimeapi.PodSandboxConfig, attempt uint32, net podNetwork, vols podVolumes) time.Duration {
 	image, retry, ok := a.ensureImage(ctx, pod, c, sbConfig)
 	if !ok {
 		return retry
 	}
-	cfg, err := containerConfig(pod, c, attempt, image, net, &apiObjects{ctx: ctx, a: a})
+	cfg, err := containerConfig(pod, c, attempt, image, net, &apiObjects{ctx: ctx, a: a}, vols)
 	if err != nil {
 		reason := "CreateContainerError"
 		var ce *configError
@@ -311,6 +345,17 @@ func (a *Agent) runContainer(ctx context.Context, pod *corev1.Pod, c *corev1.Con
 	}
 	a.setWaiting(pod.UID, c.Name, nil)
 	a.recorder.Eventf(pod, corev1.EventTypeNormal, "Started", "Started container %s", c.Name)
+	// As the kubelet, the postStart hook holds the pod's worker until it is done; a
+	// container whose hook failed is killed and the restart policy takes it from there.
+	if err := a.postStart(ctx, pod, c, id); err != nil {
+		grace := time.Duration(corev1.DefaultTerminationGracePeriodSeconds) * time.Second
+		if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+			grace = max(time.Duration(*g)*time.Second, minKillGrace)
+		}
+		if err := a.stopContainer(ctx, id, a.preStop(ctx, pod, c.Name, id, grace)); err != nil && ctx.Err() == nil {
+			a.log.Error("stop container after its postStart hook failed", "pod", pod.Namespace+"/"+pod.Name, "container", c.Name, "err", err)
+		}
+	}
 	return 0
 }
 
