@@ -1,0 +1,102 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"berth.dev/berth/conformance/cri"
+)
+
+// errTestsFailed makes the command exit non-zero once the report is out; the lines
+// above it already say which tests failed.
+var errTestsFailed = errors.New("conformance tests failed")
+
+// newConformanceCommand is `berth conformance`: one subcommand per driver kind, each
+// running that kind's suite against one driver through its socket or binary.
+func newConformanceCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "conformance",
+		Short: "Check that a driver (container runtime, ...) behaves as berth needs",
+	}
+	cmd.AddCommand(newConformanceCRICommand())
+	return cmd
+}
+
+// newConformanceCRICommand is `berth conformance cri`.
+func newConformanceCRICommand() *cobra.Command {
+	var cfg cri.Config
+	var junit, jsonFile string
+	var list bool
+	cmd := &cobra.Command{
+		Use:   "cri --endpoint unix:///path/to/socket",
+		Short: "Run the CRI conformance suite against a container runtime",
+		Long: fmt.Sprintf(`Run berth's CRI conformance suite against the container runtime at --endpoint, as
+berth's node agent would use it: runtime and image services, pod sandboxes and
+containers, idempotent stop and remove, exec, attach, port-forward, logs, host ports,
+env, mounts, resources and stats.
+
+The runtime must run on this host and already have the image (%s by default):
+no registry is needed. Every sandbox the suite makes is labelled %s=<run ID>
+and removed afterwards. One line per test, then "N passed, N failed, N skipped";
+the command exits non-zero when a test fails.`, cri.DefaultImage, cri.RunLabel),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			if list {
+				return listCRITests(out, cfg.Focus, cfg.Skip)
+			}
+			if cfg.Endpoint == "" {
+				return errors.New("--endpoint is required (the runtime's CRI socket, e.g. unix:///run/containerd/containerd.sock)")
+			}
+			cfg.Output = out
+			report, err := cri.Run(cmd.Context(), cfg)
+			if report != nil {
+				if junit != "" {
+					if werr := report.WriteFile(junit, (*cri.Report).WriteJUnit); werr != nil {
+						return werr
+					}
+				}
+				if jsonFile != "" {
+					if werr := report.WriteFile(jsonFile, (*cri.Report).WriteJSON); werr != nil {
+						return werr
+					}
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if !report.OK() {
+				return errTestsFailed
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Endpoint, "endpoint", "", "runtime service endpoint (unix:///path/to/socket)")
+	f.StringVar(&cfg.ImageEndpoint, "image-endpoint", "", "image service endpoint (the runtime endpoint when empty)")
+	f.StringVar(&cfg.Image, "image", cri.DefaultImage, "image the containers run; it must be present in the runtime")
+	f.StringVar(&cfg.RemovableImage, "removable-image", "", "a present image, other than --image, that image/remove may remove (skipped when empty)")
+	f.StringVar(&cfg.RuntimeHandler, "runtime-handler", "", "runtime handler (RuntimeClass) of the sandboxes")
+	f.StringVar(&cfg.Focus, "focus", "", "run only the tests whose names match this regular expression")
+	f.StringVar(&cfg.Skip, "skip", "", "skip the tests whose names match this regular expression")
+	f.StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
+	f.StringVar(&jsonFile, "json", "", "write a JSON report to this file")
+	f.DurationVar(&cfg.Timeout, "timeout", cri.DefaultTimeout, "timeout of each test")
+	f.BoolVar(&list, "list", false, "list the tests --focus and --skip select, and run none")
+	return cmd
+}
+
+// listCRITests prints the names of the selected tests.
+func listCRITests(w io.Writer, focus, skip string) error {
+	sel, err := cri.NewSelection(focus, skip)
+	if err != nil {
+		return err
+	}
+	for _, t := range sel.Filter(cri.Tests()) {
+		fmt.Fprintln(w, t.Name)
+	}
+	return nil
+}
