@@ -16,18 +16,38 @@ func newImagesCommand() *cobra.Command {
 		Use:   "images",
 		Short: "Build berth's test images offline and import image tarballs into containerd",
 	}
-	var busybox string
+	var busybox, testserver string
 	build := &cobra.Command{
 		Use:   "build DIR",
-		Short: "Write the busybox and pause image tarballs into DIR",
+		Short: "Write the busybox, pause and test server image tarballs into DIR",
 		Long: fmt.Sprintf(`Build, without any registry, %s (every applet of Debian's
 busybox-static on PATH) and %s (containerd's sandbox image) and write them into DIR as
-%s and %s.`, images.BusyboxRef, images.PauseRef, images.BusyboxFile, images.PauseFile),
+%s and %s.
+
+When the static berth-testserver binary is found (--testserver; by default $%s, or
+%s next to this executable, where make build puts it), also build
+%s and %s from it, as %s and %s. Without the binary those two are
+skipped, with a note on stderr.`, images.BusyboxRef, images.PauseRef, images.BusyboxFile, images.PauseFile,
+			images.TestserverBinaryEnv, images.TestserverBinaryName, images.TestserverRef, images.TestserverRefV2,
+			images.TestserverFile(images.TestserverTags[0]), images.TestserverFile(images.TestserverTags[1])),
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			files, err := images.BuildAll(args[0], busybox)
 			if err != nil {
 				return err
+			}
+			bin := testserver
+			if bin == "" {
+				if bin, err = images.FindTestserver(); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "skipping %s: %v\n", images.TestserverRepo, err)
+				}
+			}
+			if bin != "" {
+				more, err := images.BuildTestserver(args[0], bin)
+				if err != nil {
+					return fmt.Errorf("build %s from %s: %w", images.TestserverRepo, bin, err)
+				}
+				files = append(files, more...)
 			}
 			for _, f := range files {
 				fmt.Fprintln(cmd.OutOrStdout(), f)
@@ -36,6 +56,7 @@ busybox-static on PATH) and %s (containerd's sandbox image) and write them into 
 		},
 	}
 	build.Flags().StringVar(&busybox, "busybox", images.DefaultBusyboxPath, "static busybox binary to build from")
+	build.Flags().StringVar(&testserver, "testserver", "", "static berth-testserver binary to build the test server image from (default: $"+images.TestserverBinaryEnv+", or "+images.TestserverBinaryName+" next to this executable)")
 
 	var address, namespace string
 	imp := &cobra.Command{

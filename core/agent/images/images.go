@@ -1,7 +1,7 @@
 // Package images builds, offline and in Go, the small images berth's tests and docs use
-// (a busybox image from Debian's busybox-static and a pause image for pod sandboxes), writes
-// them as image tarballs and imports tarballs into a containerd, so that no registry is
-// ever needed.
+// (a busybox image from Debian's busybox-static, a pause image for pod sandboxes and the
+// test server image from the static berth-testserver binary), writes them as image
+// tarballs and imports tarballs into a containerd, so that no registry is ever needed.
 package images
 
 import (
