@@ -12,10 +12,9 @@ KUBECTL ?= /usr/lib/google-cloud-sdk/bin/kubectl.1.33
 GOBIN := $(shell go env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-# What `make up` starts in the background: the control plane, then a node agent that runs
-# containerd of its own under DATA_DIR/agent. (`berth up`, one command for both, is to come.)
-UP_CMD = bin/berth server --data-dir $(DATA_DIR) --port $(PORT)
-AGENT_CMD = bin/berth agent --kubeconfig $(DATA_DIR)/admin.kubeconfig --data-dir $(DATA_DIR)/agent
+# What `make up` starts in the background: `berth up`, the control plane and a node agent
+# that runs containerd of its own under DATA_DIR/agent.
+UP_CMD = bin/berth up --data-dir $(DATA_DIR) --port $(PORT)
 
 .PHONY: help deps build test test-unit test-integration check fmt-check vet lint boundaries tidy-check protos-check up down bench clean
 
@@ -27,9 +26,10 @@ help: ## List the targets
 deps: ## Install missing system packages and Go tools (idempotent)
 	@scripts/install-deps.sh
 
-build: ## Build every binary under cmd/ into bin/
+build: ## Build every binary under cmd/ into bin/ (berth-testserver static, for its image)
 	@mkdir -p bin
-	@if [ -d cmd ]; then go build -o bin/ ./cmd/...; else echo "no cmd/ yet: nothing to build"; fi
+	@if [ -d cmd ]; then go build -o bin/ $$(go list ./cmd/... | grep -v '/cmd/berth-testserver$$'); else echo "no cmd/ yet: nothing to build"; fi
+	@if [ -d cmd/berth-testserver ]; then CGO_ENABLED=0 go build -ldflags '-s -w' -o bin/berth-testserver ./cmd/berth-testserver; fi
 
 test: deps build ## Install deps, build, run every test (unit, integration, conformance)
 	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
@@ -66,53 +66,40 @@ tidy-check: ## Fail when go mod tidy would change go.mod or go.sum
 protos-check: ## Fail when the code generated from specs/**/*.proto is stale
 	@scripts/check-protos.sh
 
-up: deps build ## Start a single-node cluster (server + agent on containerd) on DATA_DIR and PORT
+up: deps build ## Start a single-node cluster (berth up: server + agent on containerd) on DATA_DIR and PORT
 	@mkdir -p "$(DATA_DIR)"
-	@if [ -f "$(DATA_DIR)/server.pid" ] && kill -0 "$$(cat "$(DATA_DIR)/server.pid")" 2>/dev/null; then \
-		echo "berth server is already running (pid $$(cat "$(DATA_DIR)/server.pid"))"; \
+	@if [ -f "$(DATA_DIR)/berth.pid" ] && kill -0 "$$(cat "$(DATA_DIR)/berth.pid")" 2>/dev/null; then \
+		echo "berth is already running (pid $$(cat "$(DATA_DIR)/berth.pid"))"; \
 	else \
-		nohup $(UP_CMD) >>"$(DATA_DIR)/server.log" 2>&1 </dev/null & echo $$! >"$(DATA_DIR)/server.pid"; \
-		echo "started berth server (pid $$(cat "$(DATA_DIR)/server.pid")), log in $(DATA_DIR)/server.log"; \
+		nohup $(UP_CMD) >>"$(DATA_DIR)/berth.log" 2>&1 </dev/null & echo $$! >"$(DATA_DIR)/berth.pid"; \
+		echo "started berth up (pid $$(cat "$(DATA_DIR)/berth.pid")), log in $(DATA_DIR)/berth.log"; \
 	fi
-	@pid=$$(cat "$(DATA_DIR)/server.pid"); deadline=$$((SECONDS + 60)); \
-	until [ -f "$(DATA_DIR)/admin.kubeconfig" ] && $(KUBECTL) --kubeconfig "$(DATA_DIR)/admin.kubeconfig" --request-timeout=2s get ns >/dev/null 2>&1; do \
-		if ! kill -0 $$pid 2>/dev/null; then echo "berth server exited; the end of $(DATA_DIR)/server.log:" >&2; tail -n 20 "$(DATA_DIR)/server.log" >&2; rm -f "$(DATA_DIR)/server.pid"; exit 1; fi; \
-		if [ $$SECONDS -ge $$deadline ]; then echo "berth server did not answer within 60s (see $(DATA_DIR)/server.log; make down stops it)" >&2; exit 1; fi; \
-		sleep 0.5; \
-	done
-	@if [ -f "$(DATA_DIR)/agent.pid" ] && kill -0 "$$(cat "$(DATA_DIR)/agent.pid")" 2>/dev/null; then \
-		echo "berth agent is already running (pid $$(cat "$(DATA_DIR)/agent.pid"))"; \
-	else \
-		nohup $(AGENT_CMD) >>"$(DATA_DIR)/agent.log" 2>&1 </dev/null & echo $$! >"$(DATA_DIR)/agent.pid"; \
-		echo "started berth agent (pid $$(cat "$(DATA_DIR)/agent.pid")), log in $(DATA_DIR)/agent.log"; \
-	fi
-	@pid=$$(cat "$(DATA_DIR)/agent.pid"); deadline=$$((SECONDS + 90)); \
-	until $(KUBECTL) --kubeconfig "$(DATA_DIR)/admin.kubeconfig" --request-timeout=2s get nodes --no-headers 2>/dev/null | grep -q " Ready "; do \
-		if ! kill -0 $$pid 2>/dev/null; then echo "berth agent exited; the end of $(DATA_DIR)/agent.log:" >&2; tail -n 20 "$(DATA_DIR)/agent.log" >&2; rm -f "$(DATA_DIR)/agent.pid"; exit 1; fi; \
-		if [ $$SECONDS -ge $$deadline ]; then echo "no node became Ready within 90s (see $(DATA_DIR)/agent.log; make down stops everything)" >&2; exit 1; fi; \
+	@pid=$$(cat "$(DATA_DIR)/berth.pid"); deadline=$$((SECONDS + 120)); \
+	until [ -f "$(DATA_DIR)/admin.kubeconfig" ] && $(KUBECTL) --kubeconfig "$(DATA_DIR)/admin.kubeconfig" --request-timeout=2s get nodes --no-headers 2>/dev/null | grep -q " Ready "; do \
+		if ! kill -0 $$pid 2>/dev/null; then echo "berth exited; the end of $(DATA_DIR)/berth.log:" >&2; tail -n 20 "$(DATA_DIR)/berth.log" >&2; rm -f "$(DATA_DIR)/berth.pid"; exit 1; fi; \
+		if [ $$SECONDS -ge $$deadline ]; then echo "no node became Ready within 120s (see $(DATA_DIR)/berth.log; make down stops it)" >&2; exit 1; fi; \
 		sleep 0.5; \
 	done
 	@echo "berth is up: a single-node cluster. Use it with kubectl:"
 	@echo "  export KUBECONFIG=$(DATA_DIR)/admin.kubeconfig"
 	@echo "  kubectl get nodes"
-	@echo "  kubectl create deployment web --image=berth.local/busybox:1.35 --replicas=3 -- sleep 3600"
+	@echo "  kubectl run web --image=berth.local/testserver:1.0 --port=8080"
+	@echo "  kubectl create deployment sleepers --image=berth.local/busybox:1.35 --replicas=3 -- sleep 3600"
 	@echo "Stop it with: make down"
 
-down: ## Stop the agent and the server started by make up (containers keep running in their shims)
-	@for c in agent server; do \
-		f="$(DATA_DIR)/$$c.pid"; \
-		if [ ! -f "$$f" ]; then echo "berth $$c is not running (no $$f)"; continue; fi; \
-		pid=$$(cat "$$f"); \
-		if kill -0 $$pid 2>/dev/null; then \
-			kill -TERM $$pid; \
-			for i in $$(seq 1 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
-			if kill -0 $$pid 2>/dev/null; then echo "berth $$c (pid $$pid) did not stop within 30s; killing it" >&2; kill -KILL $$pid; fi; \
-			echo "stopped berth $$c (pid $$pid)"; \
-		else \
-			echo "berth $$c (pid $$pid) was not running"; \
-		fi; \
-		rm -f "$$f"; \
-	done
+down: ## Stop the cluster started by make up (containers keep running in their shims)
+	@f="$(DATA_DIR)/berth.pid"; \
+	if [ ! -f "$$f" ]; then echo "berth is not running (no $$f)"; exit 0; fi; \
+	pid=$$(cat "$$f"); \
+	if kill -0 $$pid 2>/dev/null; then \
+		kill -TERM $$pid; \
+		for i in $$(seq 1 90); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+		if kill -0 $$pid 2>/dev/null; then echo "berth (pid $$pid) did not stop within 45s; killing it" >&2; kill -KILL $$pid; fi; \
+		echo "stopped berth (pid $$pid)"; \
+	else \
+		echo "berth (pid $$pid) was not running"; \
+	fi; \
+	rm -f "$$f"
 
 bench: build ## Run the API benchmark (bin/berth bench api); record figures in docs/benchmarks.md
 	bin/berth bench api

@@ -20,6 +20,7 @@ import (
 func newAgentCommand() *cobra.Command {
 	var (
 		kubeconfig, nodeName, endpoint, dataDir, podCIDR, nodeIP string
+		streamingAddr                                            string
 		verbose                                                  bool
 	)
 	cmd := &cobra.Command{
@@ -57,57 +58,14 @@ running in their shims and are found again at the next start.`,
 			if err != nil {
 				return fmt.Errorf("API client: %w", err)
 			}
-			// The runtime outlives the agent on the way down, so that the agent's last
-			// calls are answered.
-			rtCtx, stopRuntime := context.WithCancel(context.WithoutCancel(cmd.Context()))
-			defer stopRuntime()
-			var runtimeDone <-chan struct{}
-			if endpoint == "" {
-				proc, err := startOwnContainerd(rtCtx, dataDir, podCIDR)
-				if proc != nil {
-					defer func() {
-						stopRuntime()
-						if err := proc.Wait(); err != nil {
-							log.Error("containerd", "err", err)
-						}
-					}()
-				}
-				if err != nil {
-					return err
-				}
-				endpoint = proc.Endpoint
-				runtimeDone = proc.Done()
-				log.Info("containerd started", "endpoint", endpoint)
-			}
-			a, err := agent.New(agent.Config{
-				Kube: kube, NodeName: nodeName, RuntimeEndpoint: endpoint,
-				DataDir: dataDir, PodCIDR: podCIDR, NodeIP: nodeIP, Log: log.With("component", "agent"),
-			})
+			clientCA, err := kubeconfigCA(cfg)
 			if err != nil {
-				return err
+				return fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 			}
-			ctx, stop := context.WithCancel(cmd.Context())
-			defer stop()
-			if runtimeDone != nil {
-				// containerd dying takes the agent down with an error rather than
-				// leaving a node that reports Ready with nothing behind it.
-				go func() {
-					select {
-					case <-runtimeDone:
-						stop()
-					case <-ctx.Done():
-					}
-				}()
-			}
-			err = a.Run(ctx)
-			if runtimeDone != nil && cmd.Context().Err() == nil {
-				select {
-				case <-runtimeDone:
-					return errors.New("containerd exited; the agent stopped")
-				default:
-				}
-			}
-			return err
+			return runNode(cmd.Context(), nodeOptions{
+				kube: kube, nodeName: nodeName, endpoint: endpoint, dataDir: dataDir, podCIDR: podCIDR,
+				nodeIP: nodeIP, clientCA: clientCA, streamingAddr: streamingAddr, log: log,
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -117,18 +75,27 @@ running in their shims and are found again at the next start.`,
 	f.StringVar(&dataDir, "data-dir", "/var/lib/berth/agent", "directory for pod logs and, without --runtime-endpoint, containerd")
 	f.StringVar(&podCIDR, "pod-cidr", containerd.DefaultPodCIDR, "this node's pod network")
 	f.StringVar(&nodeIP, "node-ip", "", "the node's InternalIP (the default route's address by default)")
+	f.StringVar(&streamingAddr, "streaming-address", agent.DefaultStreamingAddr, "host:port of the HTTPS endpoint the API server reaches for logs, exec, attach and port-forward")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log at debug level")
 	return cmd
 }
 
 // startOwnContainerd starts containerd under dataDir/containerd and imports every image
 // tarball of dataDir/images, building berth's own images there first when they are missing.
-// A containerd that started is returned even with an error, for the caller to stop.
+// The test server image is built too when its binary is found (images.FindTestserver) and
+// its tarballs are missing or older than the binary; without the binary it is left out,
+// since no pod needs it to run. A containerd that started is returned even with an error,
+// for the caller to stop.
 func startOwnContainerd(ctx context.Context, dataDir, podCIDR string) (*containerd.Process, error) {
 	imagesDir := filepath.Join(dataDir, "images")
 	if _, err := os.Stat(filepath.Join(imagesDir, images.PauseFile)); errors.Is(err, os.ErrNotExist) {
 		if _, err := images.BuildAll(imagesDir, images.DefaultBusyboxPath); err != nil {
 			return nil, fmt.Errorf("build berth's images: %w", err)
+		}
+	}
+	if bin, err := images.FindTestserver(); err == nil && images.TestserverStale(imagesDir, bin) {
+		if _, err := images.BuildTestserver(imagesDir, bin); err != nil {
+			return nil, fmt.Errorf("build the test server image from %s: %w", bin, err)
 		}
 	}
 	proc, err := containerd.Start(ctx, containerd.Config{

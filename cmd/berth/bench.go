@@ -57,7 +57,8 @@ func newBenchCommand() *cobra.Command {
 			klog.SetSlogLogger(slog.New(slog.DiscardHandler))
 		},
 	}
-	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand(), newBenchSchedulerCommand())
+	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand(), newBenchSchedulerCommand(), newBenchNodesCommand())
+	cmd.AddCommand(newBenchStartupCommand())
 	return cmd
 }
 

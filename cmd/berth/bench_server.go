@@ -33,13 +33,19 @@ type benchServer struct {
 // startBenchServer starts `binary server --data-dir dir --port 0 extra...` and returns once
 // its admin.kubeconfig exists and /readyz answers ok.
 func startBenchServer(ctx context.Context, binary, dir string, extra []string, timeout time.Duration) (*benchServer, error) {
+	return startBenchProcess(ctx, binary, dir, append([]string{"server", "--data-dir", dir, "--port", "0"}, extra...), timeout)
+}
+
+// startBenchProcess starts `binary args...`, a command that runs a berth server on data dir
+// dir (server, up), and returns once its admin.kubeconfig exists and /readyz answers ok.
+func startBenchProcess(ctx context.Context, binary, dir string, args []string, timeout time.Duration) (*benchServer, error) {
 	logPath := filepath.Join(dir, "server.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("create server log: %w", err)
 	}
 	defer logFile.Close() // the child has its own descriptor
-	cmd := exec.Command(binary, append([]string{"server", "--data-dir", dir, "--port", "0"}, extra...)...)
+	cmd := exec.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// A bench killed hard must not leave its server behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

@@ -23,8 +23,9 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand(), newControllersCommand(), newSchedulerCommand(), newAgentCommand(), newImagesCommand(), newVersionCommand())
+	root.AddCommand(newServerCommand(), newControllersCommand(), newSchedulerCommand(), newAgentCommand(), newUpCommand(), newImagesCommand(), newVersionCommand())
 	root.AddCommand(newBenchCommand())
+	root.AddCommand(newConformanceCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)
 		os.Exit(1)

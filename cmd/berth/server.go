@@ -21,10 +21,8 @@ import (
 )
 
 func newServerCommand() *cobra.Command {
-	var cfg apiserver.Config
-	var verbose, runControllers, runScheduler bool
-	var serviceCIDR, nodePorts string
-	var ctrlOpts controllers.Options
+	var o serverOptions
+	var verbose bool
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: the Kubernetes API on etcd, the controllers and the scheduler",
@@ -38,87 +36,110 @@ controllers through the Lease kube-system/berth-controller-manager. The schedule
 likewise unless --scheduler=false, elected through the Lease kube-system/berth-scheduler.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := newLogger(verbose)
-			cfg.Logger = log.With("component", "apiserver")
-			cidr, err := netip.ParsePrefix(serviceCIDR)
-			if err != nil {
-				return fmt.Errorf("--service-cluster-ip-range %q: %w", serviceCIDR, err)
-			}
-			first, last, err := apiserver.ParseNodePortRange(nodePorts)
-			if err != nil {
-				return fmt.Errorf("--service-node-port-range: %w", err)
-			}
-			cfg.ServiceRanges = apiserver.ServiceRanges{ClusterIPs: cidr, NodePortFirst: first, NodePortLast: last}
-			// The API server outlives the controllers on the way down, so that they can give
-			// their Lease up and finish their last writes.
-			srvCtx, stopServer := context.WithCancel(context.WithoutCancel(cmd.Context()))
-			defer stopServer()
-			srv, err := apiserver.Start(srvCtx, cfg)
-			if err != nil {
-				return err
-			}
-			srvDone := make(chan error, 1)
-			go func() { srvDone <- srv.Wait() }()
-			fmt.Fprintf(cmd.OutOrStdout(), "berth server is up at %s\nexport KUBECONFIG=%s\n", srv.URL, srv.Kubeconfig)
-
-			ctrlCtx, stopControllers := context.WithCancel(cmd.Context())
-			defer stopControllers()
-			ctrlDone := make(chan error, 1)
-			if runControllers {
-				go func() { ctrlDone <- runElectedControllers(ctrlCtx, srv.Kubeconfig, log, ctrlOpts) }()
-			} else {
-				go func() { <-ctrlCtx.Done(); ctrlDone <- nil }()
-			}
-			// The scheduler runs beside the controllers, under its own Lease.
-			schedCtx, stopScheduler := context.WithCancel(cmd.Context())
-			defer stopScheduler()
-			schedDone := make(chan error, 1)
-			if runScheduler {
-				go func() { schedDone <- runElectedScheduler(schedCtx, srv.Kubeconfig, log) }()
-			} else {
-				go func() { <-schedCtx.Done(); schedDone <- nil }()
-			}
-			var ctrlErr, schedErr, srvErr error
-			select {
-			case <-cmd.Context().Done():
-				ctrlErr, schedErr = <-ctrlDone, <-schedDone
-			case ctrlErr = <-ctrlDone:
-				// The controllers stopped by themselves: a failure, so the server stops too
-				// rather than serve a cluster in which nothing acts.
-				stopScheduler()
-				schedErr = <-schedDone
-			case schedErr = <-schedDone:
-				// Likewise for the scheduler.
-				stopControllers()
-				ctrlErr = <-ctrlDone
-			case srvErr = <-srvDone:
-				stopControllers()
-				stopScheduler()
-				ctrlErr, schedErr = <-ctrlDone, <-schedDone
-				log.Info("berth server stopped")
-				return errors.Join(srvErr, ctrlErr, schedErr)
-			}
-			stopServer()
-			srvErr = <-srvDone
-			log.Info("berth server stopped")
-			return errors.Join(ctrlErr, schedErr, srvErr)
+			o.log = newLogger(verbose)
+			return runServer(cmd.Context(), o, func(srv *apiserver.Server) {
+				fmt.Fprintf(cmd.OutOrStdout(), "berth server is up at %s\nexport KUBECONFIG=%s\n", srv.URL, srv.Kubeconfig)
+			})
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for etcd data, certificates and admin.kubeconfig (required)")
-	f.IntVar(&cfg.Port, "port", 6443, "HTTPS port of the API (0 picks a free one)")
-	f.StringVar(&cfg.BindAddress, "bind-address", "127.0.0.1", "address the API listens on")
-	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "URLs of an external etcd cluster (comma-separated); embedded etcd when empty")
-	f.DurationVar(&cfg.CompactionInterval, "etcd-compaction-interval", 5*time.Minute, "how often old etcd revisions are compacted")
-	f.Int64Var(&cfg.DefaultTolerationSeconds, "default-toleration-seconds", 300, "how long pods tolerate a not-ready or unreachable node before eviction, unless they say otherwise")
-	f.StringVar(&serviceCIDR, "service-cluster-ip-range", "10.96.0.0/12", "the CIDR Services' ClusterIPs are allocated from (IPv4)")
-	f.StringVar(&nodePorts, "service-node-port-range", "30000-32767", "the range NodePorts are allocated from")
-	f.BoolVar(&runControllers, "controllers", true, "run the controllers in this process (elected through a Lease among servers)")
-	addControllerFlags(f, &ctrlOpts)
-	f.BoolVar(&runScheduler, "scheduler", true, "run the scheduler in this process (elected through a Lease among servers)")
+	f.StringVar(&o.cfg.DataDir, "data-dir", "", "directory for etcd data, certificates and admin.kubeconfig (required)")
+	f.IntVar(&o.cfg.Port, "port", 6443, "HTTPS port of the API (0 picks a free one)")
+	addServerFlags(f, &o)
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd
+}
+
+// serverOptions are what `berth server` (and `berth up`, which runs one) is told.
+type serverOptions struct {
+	cfg                          apiserver.Config
+	runControllers, runScheduler bool
+	serviceCIDR, nodePorts       string
+	ctrlOpts                     controllers.Options
+	log                          *slog.Logger
+}
+
+// addServerFlags adds the flags of the control plane but --data-dir and --port, which
+// `berth up` describes in its own words.
+func addServerFlags(f *pflag.FlagSet, o *serverOptions) {
+	f.StringVar(&o.cfg.BindAddress, "bind-address", "127.0.0.1", "address the API listens on")
+	f.StringSliceVar(&o.cfg.EtcdEndpoints, "etcd-endpoints", nil, "URLs of an external etcd cluster (comma-separated); embedded etcd when empty")
+	f.DurationVar(&o.cfg.CompactionInterval, "etcd-compaction-interval", 5*time.Minute, "how often old etcd revisions are compacted")
+	f.Int64Var(&o.cfg.DefaultTolerationSeconds, "default-toleration-seconds", 300, "how long pods tolerate a not-ready or unreachable node before eviction, unless they say otherwise")
+	f.StringVar(&o.serviceCIDR, "service-cluster-ip-range", "10.96.0.0/12", "the CIDR Services' ClusterIPs are allocated from (IPv4)")
+	f.StringVar(&o.nodePorts, "service-node-port-range", "30000-32767", "the range NodePorts are allocated from")
+	f.BoolVar(&o.runControllers, "controllers", true, "run the controllers in this process (elected through a Lease among servers)")
+	addControllerFlags(f, &o.ctrlOpts)
+	f.BoolVar(&o.runScheduler, "scheduler", true, "run the scheduler in this process (elected through a Lease among servers)")
+}
+
+// runServer runs the API server, and the controllers and scheduler when asked, until ctx
+// ends or one of them fails; up is called once the API serves.
+func runServer(ctx context.Context, o serverOptions, up func(*apiserver.Server)) error {
+	o.cfg.Logger = o.log.With("component", "apiserver")
+	cidr, err := netip.ParsePrefix(o.serviceCIDR)
+	if err != nil {
+		return fmt.Errorf("--service-cluster-ip-range %q: %w", o.serviceCIDR, err)
+	}
+	first, last, err := apiserver.ParseNodePortRange(o.nodePorts)
+	if err != nil {
+		return fmt.Errorf("--service-node-port-range: %w", err)
+	}
+	o.cfg.ServiceRanges = apiserver.ServiceRanges{ClusterIPs: cidr, NodePortFirst: first, NodePortLast: last}
+	// The API server outlives the controllers on the way down, so that they can give
+	// their Lease up and finish their last writes.
+	srvCtx, stopServer := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServer()
+	srv, err := apiserver.Start(srvCtx, o.cfg)
+	if err != nil {
+		return err
+	}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Wait() }()
+	up(srv)
+
+	ctrlCtx, stopControllers := context.WithCancel(ctx)
+	defer stopControllers()
+	ctrlDone := make(chan error, 1)
+	if o.runControllers {
+		go func() { ctrlDone <- runElectedControllers(ctrlCtx, srv.Kubeconfig, o.log, o.ctrlOpts) }()
+	} else {
+		go func() { <-ctrlCtx.Done(); ctrlDone <- nil }()
+	}
+	// The scheduler runs beside the controllers, under its own Lease.
+	schedCtx, stopScheduler := context.WithCancel(ctx)
+	defer stopScheduler()
+	schedDone := make(chan error, 1)
+	if o.runScheduler {
+		go func() { schedDone <- runElectedScheduler(schedCtx, srv.Kubeconfig, o.log) }()
+	} else {
+		go func() { <-schedCtx.Done(); schedDone <- nil }()
+	}
+	var ctrlErr, schedErr, srvErr error
+	select {
+	case <-ctx.Done():
+		ctrlErr, schedErr = <-ctrlDone, <-schedDone
+	case ctrlErr = <-ctrlDone:
+		// The controllers stopped by themselves: a failure, so the server stops too
+		// rather than serve a cluster in which nothing acts.
+		stopScheduler()
+		schedErr = <-schedDone
+	case schedErr = <-schedDone:
+		// Likewise for the scheduler.
+		stopControllers()
+		ctrlErr = <-ctrlDone
+	case srvErr = <-srvDone:
+		stopControllers()
+		stopScheduler()
+		ctrlErr, schedErr = <-ctrlDone, <-schedDone
+		o.log.Info("berth server stopped")
+		return errors.Join(srvErr, ctrlErr, schedErr)
+	}
+	stopServer()
+	srvErr = <-srvDone
+	o.log.Info("berth server stopped")
+	return errors.Join(ctrlErr, schedErr, srvErr)
 }
 
 func newControllersCommand() *cobra.Command {

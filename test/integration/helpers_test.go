@@ -294,7 +294,13 @@ func startBerth(t *testing.T, dir string, extra ...string) *berthProcess {
 }
 
 func launchBerth(binary, dir string, extra ...string) (*berthProcess, error) {
-	args := append([]string{"server", "--data-dir", dir, "--port", "0"}, extra...)
+	return launchBerthCommand(binary, "server", dir, extra...)
+}
+
+// launchBerthCommand starts `berth <command> --data-dir dir --port 0 extra...`, a command
+// that runs a server (server, up), and returns once it printed that the server is up.
+func launchBerthCommand(binary, command, dir string, extra ...string) (*berthProcess, error) {
+	args := append([]string{command, "--data-dir", dir, "--port", "0"}, extra...)
 	cmd := exec.Command(binary, args...)
 	logs := &syncBuffer{}
 	cmd.Stderr = logs
