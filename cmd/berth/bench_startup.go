@@ -106,7 +106,11 @@ Debian's CNI plugins and busybox-static. A missed target is a figure, not a fail
 				o.serverBinary = exe
 			}
 			if o.agentBinary == "" {
+				// The node-only binary when it is built (ADR 0010), else this one.
 				o.agentBinary = exe
+				if alone := filepath.Join(filepath.Dir(exe), "berth-agent"); fileExists(alone) {
+					o.agentBinary = alone
+				}
 			}
 			if err := runStartupBench(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr()); err != nil {
 				return fmt.Errorf("bench startup: %w", err)
@@ -119,7 +123,7 @@ Debian's CNI plugins and busybox-static. A missed target is a figure, not a fail
 	f.IntVar(&o.floorRuns, "floor-runs", 10, "how many pods to start straight on CRI for the floor")
 	f.IntVar(&o.burstWorkers, "burst-workers", 0, "also start --replicas pods straight on CRI at once, this many at a time (the agent syncs 4 pods at a time), and print their latencies: the runtime's share of the Deployment's (0: skip)")
 	f.StringVar(&o.serverBinary, "server-binary", "", "berth binary whose server command is started (default: this binary)")
-	f.StringVar(&o.agentBinary, "agent-binary", "", "berth binary whose agent command is started (default: this binary)")
+	f.StringVar(&o.agentBinary, "agent-binary", "", "binary the agent is started from: berth-agent, or a berth binary (default: berth-agent next to this binary, else this binary)")
 	f.DurationVar(&o.startTimeout, "start-timeout", time.Minute, "how long to wait for the server, containerd and the node to become ready")
 	f.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long the pods may take to become Ready, and to go away, before the run fails")
 	return cmd
@@ -488,9 +492,14 @@ func startBenchAgent(binary, kubeconfig, endpoint, dataDir, cidr string) (*bench
 	defer logFile.Close() // the child has its own descriptor
 	// A free loopback port for the agent's streaming server, so that the benchmark runs
 	// next to a cluster whose agent holds the default 10250.
-	cmd := exec.Command(binary, "agent", "--kubeconfig", kubeconfig, "--runtime-endpoint", endpoint,
+	var args []string
+	if filepath.Base(binary) != "berth-agent" {
+		args = []string{"agent"}
+	}
+	args = append(args, "--kubeconfig", kubeconfig, "--runtime-endpoint", endpoint,
 		"--data-dir", dataDir, "--node-name", startupNodeName, "--pod-cidr", cidr,
 		"--streaming-address", "127.0.0.1:0")
+	cmd := exec.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Its own process group, so that a terminal's Ctrl-C reaches the benchmark alone, which
 	// then has the agent remove the pods before stopping it; Pdeathsig so that a benchmark
@@ -868,4 +877,10 @@ func unmountUnder(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// fileExists tells whether path names an existing file.
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"berth.dev/berth/cmd/internal/nodeagent"
 	"berth.dev/berth/core/apiserver"
 )
 
@@ -23,7 +24,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand(), newControllersCommand(), newSchedulerCommand(), newAgentCommand(), newUpCommand(), newImagesCommand(), newVersionCommand())
+	root.AddCommand(newServerCommand(), newControllersCommand(), newSchedulerCommand(), nodeagent.Command("agent"), newUpCommand(), newImagesCommand(), newVersionCommand())
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newConformanceCommand())
 	if err := root.ExecuteContext(ctx); err != nil {

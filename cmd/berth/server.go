@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/klog/v2"
 
+	"berth.dev/berth/cmd/internal/logging"
 	"berth.dev/berth/core/apiserver"
 	"berth.dev/berth/core/controllers"
 	"berth.dev/berth/core/election"
@@ -216,14 +215,4 @@ func addControllerFlags(f *pflag.FlagSet, opts *controllers.Options) {
 	f.DurationVar(&opts.NodeGracePeriod, "node-monitor-grace-period", 40*time.Second, "how long a node may go without renewing its Lease before it is marked Unknown and its pods are evicted")
 }
 
-// newLogger returns berth's logger, and routes client-go's klog messages (leader election,
-// informers) through it so that the process logs in one format.
-func newLogger(verbose bool) *slog.Logger {
-	level := slog.LevelInfo
-	if verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	klog.SetSlogLogger(log.With("component", "client-go"))
-	return log
-}
+func newLogger(verbose bool) *slog.Logger { return logging.New(verbose) }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"berth.dev/berth/cmd/internal/nodeagent"
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/apiserver"
@@ -137,7 +138,7 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 		return errors.Join(fmt.Errorf("API client: %w", err), <-srvDone)
 	}
 
-	clientCA, err := kubeconfigCA(restCfg)
+	clientCA, err := nodeagent.KubeconfigCA(restCfg)
 	if err != nil {
 		stopServer()
 		return errors.Join(fmt.Errorf("read %s: %w", srv.Kubeconfig, err), <-srvDone)
@@ -158,9 +159,9 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 	} else {
 		names = []string{o.nodeName}
 		go func() {
-			nodesDone <- runNode(nodeCtx, nodeOptions{
-				kube: kube, nodeName: o.nodeName, endpoint: o.endpoint, dataDir: filepath.Join(dataDir, "agent"),
-				podCIDR: o.podCIDR, nodeIP: o.nodeIP, clientCA: o.clientCA, streamingAddr: o.streamingAddr, log: log,
+			nodesDone <- nodeagent.Run(nodeCtx, nodeagent.Options{
+				Kube: kube, NodeName: o.nodeName, Endpoint: o.endpoint, DataDir: filepath.Join(dataDir, "agent"),
+				PodCIDR: o.podCIDR, NodeIP: o.nodeIP, ClientCA: o.clientCA, StreamingAddr: o.streamingAddr, Log: log,
 			})
 		}()
 	}

@@ -1,4 +1,4 @@
-package main
+package nodeagent
 
 import (
 	"context"
@@ -11,20 +11,22 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"berth.dev/berth/cmd/internal/logging"
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/agent/images"
 )
 
-// newAgentCommand is `berth agent`: the node agent, joining a server.
-func newAgentCommand() *cobra.Command {
+// Command is the agent command, `berth agent` and `berth-agent`: the node agent, joining a
+// server. use is the command's name (agent, or berth-agent).
+func Command(use string) *cobra.Command {
 	var (
 		kubeconfig, nodeName, endpoint, dataDir, podCIDR, nodeIP string
 		streamingAddr                                            string
 		verbose                                                  bool
 	)
 	cmd := &cobra.Command{
-		Use:   "agent",
+		Use:   use,
 		Short: "Run the node agent: register this node and run its pods on a CRI runtime",
 		Long: `Run berth's node agent (its kubelet). It registers --node-name with the API server
 of --kubeconfig, renews the node's Lease and runs the pods bound to the node through the
@@ -38,7 +40,7 @@ that no registry is needed. That containerd stops with the agent; the containers
 running in their shims and are found again at the next start.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := newLogger(verbose)
+			log := logging.New(verbose)
 			if kubeconfig == "" {
 				return errors.New("--kubeconfig is required")
 			}
@@ -58,13 +60,13 @@ running in their shims and are found again at the next start.`,
 			if err != nil {
 				return fmt.Errorf("API client: %w", err)
 			}
-			clientCA, err := kubeconfigCA(cfg)
+			clientCA, err := KubeconfigCA(cfg)
 			if err != nil {
 				return fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 			}
-			return runNode(cmd.Context(), nodeOptions{
-				kube: kube, nodeName: nodeName, endpoint: endpoint, dataDir: dataDir, podCIDR: podCIDR,
-				nodeIP: nodeIP, clientCA: clientCA, streamingAddr: streamingAddr, log: log,
+			return Run(cmd.Context(), Options{
+				Kube: kube, NodeName: nodeName, Endpoint: endpoint, DataDir: dataDir, PodCIDR: podCIDR,
+				NodeIP: nodeIP, ClientCA: clientCA, StreamingAddr: streamingAddr, Log: log,
 			})
 		},
 	}

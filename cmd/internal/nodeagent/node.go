@@ -1,4 +1,7 @@
-package main
+// Package nodeagent is the node agent's command, shared by `berth agent`, `berth up` and
+// the node-only binary berth-agent (ADR 0010), and the runner of one node: the agent and,
+// unless told of a runtime, the containerd it starts.
+package nodeagent
 
 import (
 	"context"
@@ -13,20 +16,20 @@ import (
 	"berth.dev/berth/core/agent"
 )
 
-// nodeOptions are what one node of `berth agent` or `berth up` is told.
-type nodeOptions struct {
-	kube                                         kubernetes.Interface
-	nodeName, endpoint, dataDir, podCIDR, nodeIP string
-	// clientCA verifies the API server's client certificate at the agent's streaming
-	// endpoint (streamingAddr); without it the agent serves no logs, exec or port-forward.
-	clientCA      []byte
-	streamingAddr string
-	log           *slog.Logger
+// Options are what one node of `berth agent` or `berth up` is told.
+type Options struct {
+	Kube                                         kubernetes.Interface
+	NodeName, Endpoint, DataDir, PodCIDR, NodeIP string
+	// ClientCA verifies the API server's client certificate at the agent's streaming
+	// endpoint (StreamingAddr); without it the agent serves no logs, exec or port-forward.
+	ClientCA      []byte
+	StreamingAddr string
+	Log           *slog.Logger
 }
 
-// kubeconfigCA is the certificate authority of a client configuration: the cluster CA,
+// KubeconfigCA is the certificate authority of a client configuration: the cluster CA,
 // which also signs the API server's client certificate for the agents.
-func kubeconfigCA(cfg *rest.Config) ([]byte, error) {
+func KubeconfigCA(cfg *rest.Config) ([]byte, error) {
 	if len(cfg.CAData) > 0 || cfg.CAFile == "" {
 		return cfg.CAData, nil
 	}
@@ -37,35 +40,35 @@ func kubeconfigCA(cfg *rest.Config) ([]byte, error) {
 	return ca, nil
 }
 
-// runNode runs one node agent until ctx ends. Without an endpoint it starts containerd of
+// Run runs one node agent until ctx ends. Without an endpoint it starts containerd of
 // its own under dataDir/containerd first, and stops it after the agent.
-func runNode(ctx context.Context, o nodeOptions) error {
+func Run(ctx context.Context, o Options) error {
 	// The runtime outlives the agent on the way down, so that the agent's last calls
 	// are answered.
 	rtCtx, stopRuntime := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRuntime()
 	var runtimeDone <-chan struct{}
-	if o.endpoint == "" {
-		proc, err := startOwnContainerd(rtCtx, o.dataDir, o.podCIDR)
+	if o.Endpoint == "" {
+		proc, err := startOwnContainerd(rtCtx, o.DataDir, o.PodCIDR)
 		if proc != nil {
 			defer func() {
 				stopRuntime()
 				if err := proc.Wait(); err != nil {
-					o.log.Error("containerd", "err", err)
+					o.Log.Error("containerd", "err", err)
 				}
 			}()
 		}
 		if err != nil {
 			return err
 		}
-		o.endpoint = proc.Endpoint
+		o.Endpoint = proc.Endpoint
 		runtimeDone = proc.Done()
-		o.log.Info("containerd started", "endpoint", o.endpoint)
+		o.Log.Info("containerd started", "endpoint", o.Endpoint)
 	}
 	a, err := agent.New(agent.Config{
-		Kube: o.kube, NodeName: o.nodeName, RuntimeEndpoint: o.endpoint,
-		DataDir: o.dataDir, PodCIDR: o.podCIDR, NodeIP: o.nodeIP, Log: o.log.With("component", "agent"),
-		ClientCA: o.clientCA, StreamingAddr: o.streamingAddr,
+		Kube: o.Kube, NodeName: o.NodeName, RuntimeEndpoint: o.Endpoint,
+		DataDir: o.DataDir, PodCIDR: o.PodCIDR, NodeIP: o.NodeIP, Log: o.Log.With("component", "agent"),
+		ClientCA: o.ClientCA, StreamingAddr: o.StreamingAddr,
 	})
 	if err != nil {
 		return err
