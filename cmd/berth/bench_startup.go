@@ -217,7 +217,7 @@ func measureStartup(ctx context.Context, c *benchCluster, o startupBenchOptions,
 	}
 
 	kubeconfig := filepath.Join(filepath.Dir(c.srv.logPath), "admin.kubeconfig") // the server's data dir
-	fmt.Fprintf(logw, "starting %s agent on %s\n", o.agentBinary, rt.proc.Endpoint)
+	fmt.Fprintf(logw, "starting the agent (%s) on %s\n", o.agentBinary, rt.proc.Endpoint)
 	agent, err := startBenchAgent(o.agentBinary, kubeconfig, rt.proc.Endpoint, filepath.Join(dir, "agent"), res.cidr)
 	if err != nil {
 		return err

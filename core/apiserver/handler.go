@@ -32,6 +32,8 @@ type Handler struct {
 	services   *serviceAllocator
 	fields     fieldManagers
 	mux        *http.ServeMux
+	// watches shares one etcd watch per resource among the API's watches (watchhub.go).
+	watches *watchHubs
 	// nodes reaches node agents for pods/log, exec, attach and portforward (nodeproxy.go).
 	nodes *nodeClient
 	// authenticate returns the request's user; nil means every request is allowed (tests).
@@ -48,7 +50,7 @@ func NewHandler(ctx context.Context, store *storage.Store, authenticate func(*ht
 	if err != nil {
 		return nil, fmt.Errorf("build OpenAPI documents: %w", err)
 	}
-	h := &Handler{store: store, openapi: oa, authenticate: authenticate, mux: http.NewServeMux()}
+	h := &Handler{store: store, openapi: oa, authenticate: authenticate, mux: http.NewServeMux(), watches: newWatchHubs(ctx, store)}
 	h.namespaces, err = newNamespaceCache(ctx, store)
 	if err != nil {
 		return nil, err

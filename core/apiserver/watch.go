@@ -84,7 +84,8 @@ func (q *request) watch() {
 		}
 		from = n
 	}
-	events, errs := q.h.store.Watch(ctx, prefix, from)
+	events, errs, stop := q.watchEvents(ctx, prefix, from, !opts.sel.empty())
+	defer stop()
 
 	flusher, _ := q.w.(http.Flusher)
 	q.w.Header().Set("Content-Type", "application/json")
@@ -148,7 +149,7 @@ func (q *request) watch() {
 			if !ok {
 				return
 			}
-			last = ev.Revision
+			last = ev.rev
 			t, obj, ok := q.filterEvent(ev, opts.sel)
 			if !ok {
 				continue
@@ -160,28 +161,59 @@ func (q *request) watch() {
 	}
 }
 
-// filterEvent decodes a store event and applies the selector to both sides of a change: an
-// object that stops matching is reported DELETED and one that starts matching ADDED.
-func (q *request) filterEvent(ev storage.Event, sel selector) (watch.EventType, runtime.Object, bool) {
-	obj, err := decodeStored(q.res, ev.Value, ev.Revision)
-	if err != nil {
-		return watch.Error, toStatus(apierrors.NewInternalError(err)), true
+// watchEvents is the feed of a watch: from the resource's shared hub when it has the
+// start revision (watchhub.go), else from an etcd watch of the request's own, decoded
+// here. errs reports why the etcd watch ended (never for a hub feed, which just closes).
+// stop must be called when the watch ends.
+func (q *request) watchEvents(ctx context.Context, prefix string, from int64, needPrev bool) (<-chan hubEvent, <-chan error, func()) {
+	if q.h.watches != nil {
+		if sub, cancel, ok := q.h.watches.subscribe(q.res, prefix, from); ok {
+			return sub.ch, nil, cancel
+		}
 	}
-	switch ev.Type {
+	raw, errs := q.h.store.Watch(ctx, prefix, from)
+	out := make(chan hubEvent, 16)
+	go func() {
+		defer close(out)
+		for ev := range raw {
+			he := hubEvent{typ: ev.Type, key: ev.Key, rev: ev.Revision}
+			he.obj, he.err = decodeStored(q.res, ev.Value, ev.Revision)
+			if needPrev && ev.Type == storage.Modified && ev.PrevValue != nil && he.err == nil {
+				if prev, err := decodeStored(q.res, ev.PrevValue, ev.Revision); err == nil {
+					he.prev = prev
+				}
+			}
+			select {
+			case out <- he:
+			case <-ctx.Done():
+				// The request is over; let the store's watch drain and end.
+				for range raw {
+				}
+				return
+			}
+		}
+	}()
+	return out, errs, func() {}
+}
+
+// filterEvent applies the selector to both sides of a change: an object that stops
+// matching is reported DELETED and one that starts matching ADDED.
+func (q *request) filterEvent(ev hubEvent, sel selector) (watch.EventType, runtime.Object, bool) {
+	if ev.err != nil {
+		return watch.Error, toStatus(apierrors.NewInternalError(ev.err)), true
+	}
+	obj := ev.obj
+	switch ev.typ {
 	case storage.Deleted:
 		return watch.Deleted, obj, sel.matches(q.res, obj)
 	case storage.Added:
 		return watch.Added, obj, sel.matches(q.res, obj)
 	}
 	now := sel.matches(q.res, obj)
-	if sel.empty() || ev.PrevValue == nil {
+	if sel.empty() || ev.prev == nil {
 		return watch.Modified, obj, now
 	}
-	prev, err := decodeStored(q.res, ev.PrevValue, ev.Revision)
-	if err != nil {
-		return watch.Modified, obj, now
-	}
-	before := sel.matches(q.res, prev)
+	before := sel.matches(q.res, ev.prev)
 	switch {
 	case now && before:
 		return watch.Modified, obj, true
