@@ -8,7 +8,8 @@ set -euo pipefail
 
 # Debian packages. etcd-server is the external etcd the tests run against; the rest are
 # for the node agent and `berth up` (containerd, runc, CNI reference plugins, iptables,
-# iproute2) and for building local images (busybox-static).
+# iproute2) and for building local images (busybox-static); protobuf-compiler (protoc)
+# generates the Go code of specs/**/*.proto (scripts/check-protos.sh).
 # Never add kubernetes-client: it conflicts with the kubectl builds listed below.
 APT_PACKAGES=(
 	etcd-server
@@ -18,6 +19,7 @@ APT_PACKAGES=(
 	iptables
 	iproute2
 	busybox-static
+	protobuf-compiler
 )
 
 # Go tools, installed with `go install` into $(go env GOPATH)/bin: binary name and module
@@ -25,6 +27,10 @@ APT_PACKAGES=(
 GO_TOOLS=(
 	"staticcheck honnef.co/go/tools/cmd/staticcheck@v0.8.2"
 	"gotestsum gotest.tools/gotestsum@v1.13.0"
+	# The protoc generators of specs/: protoc-gen-go at go.mod's google.golang.org/protobuf
+	# version, protoc-gen-go-grpc at a release whose code needs no newer grpc than go.mod's.
+	"protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.6"
+	"protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1"
 )
 
 # kubectl builds the integration tests drive; they come with the machine image.

@@ -17,6 +17,9 @@ import (
 	"berth.dev/berth/core/controllers"
 	"berth.dev/berth/core/election"
 	"berth.dev/berth/core/scheduler"
+	schedconfig "berth.dev/berth/core/scheduler/config"
+	"berth.dev/berth/core/scheduler/external"
+	"berth.dev/berth/core/scheduler/framework"
 )
 
 func newServerCommand() *cobra.Command {
@@ -56,6 +59,7 @@ type serverOptions struct {
 	runControllers, runScheduler bool
 	serviceCIDR, nodePorts       string
 	ctrlOpts                     controllers.Options
+	schedulerConfig              string
 	log                          *slog.Logger
 }
 
@@ -71,11 +75,30 @@ func addServerFlags(f *pflag.FlagSet, o *serverOptions) {
 	f.BoolVar(&o.runControllers, "controllers", true, "run the controllers in this process (elected through a Lease among servers)")
 	addControllerFlags(f, &o.ctrlOpts)
 	f.BoolVar(&o.runScheduler, "scheduler", true, "run the scheduler in this process (elected through a Lease among servers)")
+	addSchedulerConfigFlag(f, &o.schedulerConfig)
+}
+
+// addSchedulerConfigFlag adds --scheduler-config, shared by server and scheduler.
+func addSchedulerConfigFlag(f *pflag.FlagSet, path *string) {
+	f.StringVar(path, "scheduler-config", "", "scheduler configuration file (apiVersion "+schedconfig.APIVersion+", kind "+schedconfig.Kind+"): profiles, plugins, their arguments")
+}
+
+// loadSchedulerConfig reads and checks the scheduler configuration file, before anything
+// starts; no file gives the default profile.
+func loadSchedulerConfig(path string) (*schedconfig.Configuration, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return schedconfig.Load(path)
 }
 
 // runServer runs the API server, and the controllers and scheduler when asked, until ctx
 // ends or one of them fails; up is called once the API serves.
 func runServer(ctx context.Context, o serverOptions, up func(*apiserver.Server)) error {
+	schedCfg, err := loadSchedulerConfig(o.schedulerConfig)
+	if err != nil {
+		return err
+	}
 	o.cfg.Logger = o.log.With("component", "apiserver")
 	cidr, err := netip.ParsePrefix(o.serviceCIDR)
 	if err != nil {
@@ -111,7 +134,7 @@ func runServer(ctx context.Context, o serverOptions, up func(*apiserver.Server))
 	defer stopScheduler()
 	schedDone := make(chan error, 1)
 	if o.runScheduler {
-		go func() { schedDone <- runElectedScheduler(schedCtx, srv.Kubeconfig, o.log) }()
+		go func() { schedDone <- runElectedScheduler(schedCtx, srv.Kubeconfig, o.log, schedCfg) }()
 	} else {
 		go func() { <-schedCtx.Done(); schedDone <- nil }()
 	}
@@ -178,7 +201,7 @@ func runElectedControllers(ctx context.Context, kubeconfig string, log *slog.Log
 }
 
 func newSchedulerCommand() *cobra.Command {
-	var kubeconfig string
+	var kubeconfig, configFile string
 	var verbose bool
 	cmd := &cobra.Command{
 		Use:   "scheduler",
@@ -188,10 +211,15 @@ example DIR/admin.kubeconfig of a "berth server --scheduler=false"). Several sch
 elect one active one through the Lease kube-system/berth-scheduler.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runElectedScheduler(cmd.Context(), kubeconfig, newLogger(verbose))
+			cfg, err := loadSchedulerConfig(configFile)
+			if err != nil {
+				return err
+			}
+			return runElectedScheduler(cmd.Context(), kubeconfig, newLogger(verbose), cfg)
 		},
 	}
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the API server (required)")
+	addSchedulerConfigFlag(cmd.Flags(), &configFile)
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	_ = cmd.MarkFlagRequired("kubeconfig")
 	return cmd
@@ -199,13 +227,28 @@ elect one active one through the Lease kube-system/berth-scheduler.`,
 
 // runElectedScheduler runs the scheduler against the API server of a kubeconfig while this
 // process holds the scheduler's Lease, until ctx ends.
-func runElectedScheduler(ctx context.Context, kubeconfig string, log *slog.Logger) error {
+func runElectedScheduler(ctx context.Context, kubeconfig string, log *slog.Logger, cfg *schedconfig.Configuration) error {
 	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return fmt.Errorf("read kubeconfig %s: %w", kubeconfig, err)
 	}
-	opts := scheduler.Options{Log: log.With("component", "scheduler")}
+	opts := scheduler.Options{Log: log.With("component", "scheduler"), Config: cfg}
 	return election.Run(ctx, restCfg, election.Lease{Name: "berth-scheduler"}, "the scheduler", opts.Log, func(ctx context.Context) error {
+		// The out-of-process plugins the configuration names run while this scheduler
+		// leads, and stop with it.
+		ext := external.NewFactory(external.Options{Log: opts.Log})
+		defer ext.Close()
+		opts.ExternalPlugins = func(e schedconfig.ExternalPlugin) (framework.Plugin, error) {
+			args, err := e.ArgsJSON()
+			if err != nil {
+				return nil, err
+			}
+			return ext.New(e.Name, e.Path, args, e.Timeout)
+		}
+		opts.ExternalHooks = func(nodes func() []*framework.NodeInfo, retry func(plugin string)) {
+			ext.SetNodeLister(nodes)
+			ext.SetOnAvailable(retry)
+		}
 		return scheduler.Run(ctx, restCfg, opts)
 	})
 }

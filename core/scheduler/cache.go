@@ -212,7 +212,21 @@ type Snapshot struct {
 	list       []*framework.NodeInfo
 	generation int64
 	setVersion int64
+	// podsWithAffinity and podsWithRequiredAnti total the nodes' counters, so that the
+	// inter-pod plugins skip at once in a cluster without such pods.
+	podsWithAffinity, podsWithRequiredAnti int
 }
+
+func (s *Snapshot) countAffinity(n *framework.NodeInfo, sign int) {
+	s.podsWithAffinity += sign * n.PodsWithAffinity
+	s.podsWithRequiredAnti += sign * n.PodsWithRequiredAntiAffinity
+}
+
+// NumPodsWithAffinity counts the pods with inter-pod affinity or anti-affinity terms.
+func (s *Snapshot) NumPodsWithAffinity() int { return s.podsWithAffinity }
+
+// NumPodsWithRequiredAntiAffinity counts the pods with required anti-affinity terms.
+func (s *Snapshot) NumPodsWithRequiredAntiAffinity() int { return s.podsWithRequiredAnti }
 
 // NewSnapshot returns an empty snapshot.
 func NewSnapshot() *Snapshot {
@@ -241,16 +255,21 @@ func (c *Cache) UpdateSnapshot(s *Snapshot) {
 			continue
 		}
 		if cur, ok := s.nodes[name]; ok {
+			s.countAffinity(cur, -1)
 			// Copy into the existing value: the list points at it.
 			*cur = *n.Clone()
+			s.countAffinity(cur, 1)
 		} else {
-			s.nodes[name] = n.Clone()
+			cl := n.Clone()
+			s.nodes[name] = cl
+			s.countAffinity(cl, 1)
 			relist = true
 		}
 	}
 	if len(s.nodes) != len(c.nodes) {
-		for name := range s.nodes {
+		for name, n := range s.nodes {
 			if _, ok := c.nodes[name]; !ok {
+				s.countAffinity(n, -1)
 				delete(s.nodes, name)
 			}
 		}

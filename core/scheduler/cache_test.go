@@ -137,3 +137,33 @@ func names(s *Snapshot) string {
 	}
 	return out
 }
+
+// TestSnapshotAffinityCounts checks the totals that let the inter-pod plugins skip.
+func TestSnapshotAffinityCounts(t *testing.T) {
+	c, s := NewCache(time.Minute), NewSnapshot()
+	c.AddNode(cacheNode("n1"))
+	c.AddNode(cacheNode("n2"))
+	anti := boundPod("anti", "n1", "1")
+	anti.Spec.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{TopologyKey: "zone"}},
+	}}
+	pref := boundPod("pref", "n2", "1")
+	pref.Spec.Affinity = &corev1.Affinity{PodAffinity: &corev1.PodAffinity{}}
+	check := func(what string, withAffinity, withAnti int) {
+		t.Helper()
+		c.UpdateSnapshot(s)
+		if s.NumPodsWithAffinity() != withAffinity || s.NumPodsWithRequiredAntiAffinity() != withAnti {
+			t.Errorf("%s: %d with affinity, %d with required anti-affinity; want %d, %d", what, s.NumPodsWithAffinity(), s.NumPodsWithRequiredAntiAffinity(), withAffinity, withAnti)
+		}
+	}
+	check("empty", 0, 0)
+	c.AddPod(anti)
+	c.AddPod(pref)
+	c.AddPod(boundPod("plain", "n2", "1"))
+	check("added", 2, 1)
+	c.RemovePod(anti)
+	check("anti removed", 1, 0)
+	c.RemovePod(pref)
+	c.RemoveNode("n2")
+	check("all gone", 0, 0)
+}

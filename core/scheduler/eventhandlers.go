@@ -8,6 +8,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+
+	"berth.dev/berth/core/scheduler/framework"
+	"berth.dev/berth/core/scheduler/plugins"
 )
 
 // addEventHandlers feeds the queue and the cache from the pod and node informers.
@@ -55,6 +58,29 @@ func (s *Scheduler) addEventHandlers(factory informers.SharedInformerFactory) er
 	return nil
 }
 
+// pluginListers gives the in-tree plugins the cycle's snapshot and the listers they read:
+// namespaces (InterPodAffinity's namespaceSelector), and the Services, ReplicaSets,
+// StatefulSets and ReplicationControllers PodTopologySpread builds default selectors from.
+// The informers are registered here, before the factory starts.
+func (s *Scheduler) pluginListers(factory informers.SharedInformerFactory) plugins.DefaultOptions {
+	core, apps := factory.Core().V1(), factory.Apps().V1()
+	o := plugins.DefaultOptions{
+		Snapshot:   s.snapshot,
+		Namespaces: core.Namespaces().Lister(),
+		Spread: plugins.SpreadListers{
+			Services:               core.Services().Lister(),
+			ReplicationControllers: core.ReplicationControllers().Lister(),
+			ReplicaSets:            apps.ReplicaSets().Lister(),
+			StatefulSets:           apps.StatefulSets().Lister(),
+		},
+	}
+	s.synced = append(s.synced,
+		core.Namespaces().Informer().HasSynced, core.Services().Informer().HasSynced,
+		core.ReplicationControllers().Informer().HasSynced, apps.ReplicaSets().Informer().HasSynced,
+		apps.StatefulSets().Informer().HasSynced)
+	return o
+}
+
 // terminal reports whether a pod has finished: its resources are free again.
 func terminal(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
@@ -89,6 +115,11 @@ func (s *Scheduler) onPod(oldObj, obj any) {
 			return
 		}
 		s.cache.AddPod(pod)
+		if old == nil || old.Spec.NodeName == "" || !equality.Semantic.DeepEqual(old.Labels, pod.Labels) {
+			// A pod placed (or relabelled) may be what a pending pod's affinity or
+			// spread waits for.
+			s.queue.MoveAllToActiveOrBackoff(rejectedBy(plugins.InterPodAffinityName, plugins.PodTopologySpreadName))
+		}
 	case s.responsible(pod):
 		if old == nil {
 			s.queue.Add(pod)
@@ -116,6 +147,13 @@ func (s *Scheduler) onPodDelete(obj any) {
 	s.cache.RemovePod(pod)
 	// The pod's room is free: pods waiting for room may fit now.
 	s.queue.MoveAllToActiveOrBackoff(nil)
+}
+
+// rejectedBy selects the pending pods that one of the named plugins rejected.
+func rejectedBy(names ...string) func(*framework.QueuedPodInfo) bool {
+	return func(pi *framework.QueuedPodInfo) bool {
+		return pi.UnschedulablePlugins.HasAny(names...)
+	}
 }
 
 // podChanged reports whether a pod changed beyond its status and bookkeeping metadata

@@ -109,6 +109,12 @@ func (s *syncBuffer) String() string {
 
 func startCluster(t *testing.T) kubernetes.Interface {
 	t.Helper()
+	return startClusterWith(t, scheduler.Options{})
+}
+
+// startClusterWith starts the API server and a scheduler with opts (its Log is set here).
+func startClusterWith(t *testing.T, opts scheduler.Options) kubernetes.Interface {
+	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -123,7 +129,8 @@ func startCluster(t *testing.T) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- scheduler.Run(ctx, cfg, scheduler.Options{Log: log.With("component", "scheduler")}) }()
+	opts.Log = log.With("component", "scheduler")
+	go func() { done <- scheduler.Run(ctx, cfg, opts) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

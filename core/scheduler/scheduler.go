@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
 
+	"berth.dev/berth/core/scheduler/config"
 	"berth.dev/berth/core/scheduler/framework"
 	"berth.dev/berth/core/scheduler/plugins"
 )
@@ -37,12 +38,25 @@ const noteLengthLimit = 1024
 type Options struct {
 	// Log receives the scheduler's messages (slog.Default() by default).
 	Log *slog.Logger
-	// Profiles name the profiles to run, each with the default plugins; pods choose one
-	// with spec.schedulerName ("default-scheduler" when empty).
+	// Config is the parsed configuration file (config.Load): its profiles, their plugins
+	// and arguments. Nil runs Profiles instead.
+	Config *config.Configuration
+	// ExternalPlugins starts the out-of-process plugins Config declares; nil makes a
+	// profile that uses one an error.
+	ExternalPlugins config.ExternalFactory
+	// ExternalHooks, when set, is called once the scheduler is built, with the nodes of
+	// the current cycle (to be read only from within plugin calls, which run in the
+	// cycle) and a function that sends the pending pods a named plugin rejected back to
+	// be scheduled (when the plugin becomes available again, say).
+	ExternalHooks func(nodes func() []*framework.NodeInfo, retry func(plugin string))
+	// Profiles name profiles to run with the default plugins when Config is nil; pods
+	// choose one with spec.schedulerName ("default-scheduler" when empty).
 	Profiles []string
-	// Scoring is NodeResourcesFit's strategy: LeastAllocated (default) or MostAllocated.
+	// Scoring is NodeResourcesFit's strategy (LeastAllocated by default) wherever the
+	// configuration gives it no arguments.
 	Scoring plugins.ScoringStrategy
-	// PercentageOfNodesToScore: 0 is Kubernetes' adaptive sampling.
+	// PercentageOfNodesToScore applies when the configuration does not set it; 0 is
+	// Kubernetes' adaptive sampling.
 	PercentageOfNodesToScore int32
 	// AssumedPodTTL is how long after the bind call an unconfirmed binding is trusted (30 s).
 	AssumedPodTTL time.Duration
@@ -72,8 +86,21 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, r
 	if log == nil {
 		log = slog.Default()
 	}
-	if len(o.Profiles) == 0 {
-		o.Profiles = []string{plugins.DefaultSchedulerName}
+	cfg := o.Config
+	if cfg == nil {
+		cfg = config.Default()
+		if len(o.Profiles) > 0 {
+			cfg.Profiles = nil
+			for _, name := range o.Profiles {
+				cfg.Profiles = append(cfg.Profiles, config.Profile{SchedulerName: name})
+			}
+		}
+	}
+	if cfg.PercentageOfNodesToScore == 0 {
+		// A copy: the caller's configuration stays as it was.
+		c := *cfg
+		c.PercentageOfNodesToScore = o.PercentageOfNodesToScore
+		cfg = &c
 	}
 	if o.AssumedPodTTL == 0 {
 		o.AssumedPodTTL = 30 * time.Second
@@ -87,22 +114,28 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, r
 		profiles: map[string]*framework.Framework{},
 		waiting:  framework.NewWaitingPods(),
 	}
+	listers := s.pluginListers(factory)
+	scoring := o.Scoring
+	profiles, err := cfg.Build(func(name string) plugins.DefaultOptions {
+		o := listers
+		o.Client = client
+		o.Preemption = &preemptionHandle{s: s, profile: name}
+		o.Scoring = scoring
+		return o
+	}, o.ExternalPlugins)
+	if err != nil {
+		return nil, err
+	}
 	var less func(a, b *framework.QueuedPodInfo) bool
-	for _, name := range o.Profiles {
-		if _, dup := s.profiles[name]; dup {
-			return nil, fmt.Errorf("profile %q given twice", name)
+	for _, p := range profiles {
+		if _, dup := s.profiles[p.Name]; dup {
+			return nil, fmt.Errorf("profile %q given twice", p.Name)
 		}
-		h := &preemptionHandle{s: s, profile: name}
-		p, err := plugins.DefaultProfile(name, plugins.DefaultOptions{Client: client, Preemption: h, Scoring: o.Scoring})
-		if err != nil {
-			return nil, fmt.Errorf("profile %s: %w", name, err)
-		}
-		p.PercentageOfNodesToScore = o.PercentageOfNodesToScore
 		fwk, err := framework.New(p, s.waiting)
 		if err != nil {
 			return nil, err
 		}
-		s.profiles[name] = fwk
+		s.profiles[p.Name] = fwk
 		if less == nil {
 			// One queue serves every profile, so they share the first one's QueueSort,
 			// as Kubernetes requires.
@@ -110,6 +143,9 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, r
 		}
 	}
 	s.queue = NewQueue(less, o.Queue)
+	if o.ExternalHooks != nil {
+		o.ExternalHooks(s.snapshot.List, func(plugin string) { s.queue.MoveAllToActiveOrBackoff(rejectedBy(plugin)) })
+	}
 	if err := s.addEventHandlers(factory); err != nil {
 		return nil, err
 	}
@@ -357,6 +393,14 @@ func (h *preemptionHandle) Snapshot() framework.NodeLister { return h.s.snapshot
 
 func (h *preemptionHandle) RunFilter(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, node *framework.NodeInfo) *framework.Status {
 	return h.s.profiles[h.profile].RunFilter(ctx, state, pod, node)
+}
+
+func (h *preemptionHandle) RunPreFilterExtensionAddPod(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, add *framework.PodInfo, node *framework.NodeInfo) *framework.Status {
+	return h.s.profiles[h.profile].RunPreFilterExtensionAddPod(ctx, state, pod, add, node)
+}
+
+func (h *preemptionHandle) RunPreFilterExtensionRemovePod(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, remove *framework.PodInfo, node *framework.NodeInfo) *framework.Status {
+	return h.s.profiles[h.profile].RunPreFilterExtensionRemovePod(ctx, state, pod, remove, node)
 }
 
 func (h *preemptionHandle) Evict(ctx context.Context, victim, preemptor *corev1.Pod, node string) error {

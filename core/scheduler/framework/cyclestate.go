@@ -21,6 +21,9 @@ type CycleState struct {
 	mu      sync.RWMutex
 	data    map[StateKey]StateData
 	skipped map[string]bool // plugins that returned Skip at PreFilter or PreScore
+	// filters are the Filter plugins not skipped this cycle, fixed once PreFilter has run
+	// (nil before), so that filtering thousands of nodes does not look each one up.
+	filters []FilterPlugin
 }
 
 // NewCycleState returns an empty CycleState.
@@ -63,6 +66,7 @@ func (c *CycleState) Clone() *CycleState {
 	for k, v := range c.skipped {
 		out.skipped[k] = v
 	}
+	out.filters = c.filters
 	return out
 }
 

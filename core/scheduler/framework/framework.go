@@ -214,12 +214,26 @@ func (f *Framework) RunPreFilter(ctx context.Context, state *CycleState, pod *co
 	return result, nil
 }
 
+// activeFilters returns the Filter plugins PreFilter did not skip.
+func (f *Framework) activeFilters(state *CycleState) []FilterPlugin {
+	state.mu.RLock()
+	fs := state.filters
+	state.mu.RUnlock()
+	if fs != nil {
+		return fs
+	}
+	fs = make([]FilterPlugin, 0, len(f.profile.Filter))
+	for _, pl := range f.profile.Filter {
+		if !state.isSkipped("filter/" + pl.Name()) {
+			fs = append(fs, pl)
+		}
+	}
+	return fs
+}
+
 // RunFilter runs the Filter plugins for one node and returns the first rejection.
 func (f *Framework) RunFilter(ctx context.Context, state *CycleState, pod *corev1.Pod, node *NodeInfo) *Status {
-	for _, pl := range f.profile.Filter {
-		if state.isSkipped("filter/" + pl.Name()) {
-			continue
-		}
+	for _, pl := range f.activeFilters(state) {
 		s := pl.Filter(ctx, state, pod, node)
 		if s.IsSuccess() {
 			continue
@@ -247,6 +261,11 @@ func (f *Framework) FindFeasibleNodes(ctx context.Context, state *CycleState, po
 		diag.AddPluginStatus(s)
 		return nil, diag, nil
 	}
+	// The skipped plugins are known now: fix the list once for every node.
+	filters := f.activeFilters(state)
+	state.mu.Lock()
+	state.filters = filters
+	state.mu.Unlock()
 	nodes := all
 	if !pre.AllNodes() {
 		nodes = make([]*NodeInfo, 0, pre.NodeNames.Len())
@@ -555,4 +574,34 @@ func (f *Framework) RunBind(ctx context.Context, state *CycleState, pod *corev1.
 		return nil
 	}
 	return NewStatus(Skip, "every Bind plugin skipped the pod")
+}
+
+// RunPreFilterExtensionAddPod tells the PreFilter plugins that keep per-cycle state
+// (PreFilterExtensions) that a pod joined node in a dry run, such as preemption's, so that
+// their Filter sees it; plugins skipped for the cycle are left out.
+func (f *Framework) RunPreFilterExtensionAddPod(ctx context.Context, state *CycleState, pod *corev1.Pod, add *PodInfo, node *NodeInfo) *Status {
+	for _, pl := range f.profile.PreFilter {
+		ext, ok := pl.(PreFilterExtensions)
+		if !ok || state.isSkipped("filter/"+pl.Name()) {
+			continue
+		}
+		if s := ext.AddPod(ctx, state, pod, add, node); !s.IsSuccess() {
+			return AsStatus(fmt.Errorf("running AddPod of PreFilter plugin %q: %w", pl.Name(), s.AsError())).WithPlugin(pl.Name())
+		}
+	}
+	return nil
+}
+
+// RunPreFilterExtensionRemovePod is RunPreFilterExtensionAddPod for a pod that left node.
+func (f *Framework) RunPreFilterExtensionRemovePod(ctx context.Context, state *CycleState, pod *corev1.Pod, remove *PodInfo, node *NodeInfo) *Status {
+	for _, pl := range f.profile.PreFilter {
+		ext, ok := pl.(PreFilterExtensions)
+		if !ok || state.isSkipped("filter/"+pl.Name()) {
+			continue
+		}
+		if s := ext.RemovePod(ctx, state, pod, remove, node); !s.IsSuccess() {
+			return AsStatus(fmt.Errorf("running RemovePod of PreFilter plugin %q: %w", pl.Name(), s.AsError())).WithPlugin(pl.Name())
+		}
+	}
+	return nil
 }

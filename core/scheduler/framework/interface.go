@@ -150,6 +150,14 @@ type NodeLister interface {
 	Get(name string) *NodeInfo
 }
 
+// AffinityCounter is what a NodeLister may also offer: the number of pods with
+// inter-pod terms over all its nodes, so that the inter-pod plugins can skip a pod at once
+// when no existing pod's terms can concern it, instead of looking at every node.
+type AffinityCounter interface {
+	NumPodsWithAffinity() int
+	NumPodsWithRequiredAntiAffinity() int
+}
+
 // WaitingPod is a pod a Permit plugin holds.
 type WaitingPod interface {
 	Pod() *corev1.Pod

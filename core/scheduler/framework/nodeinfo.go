@@ -102,6 +102,10 @@ type PodInfo struct {
 	Requests Resource
 	// NonZeroRequests count a missing cpu or memory request as the scoring default.
 	NonZeroRequests Resource
+	// Affinity holds the pod's inter-pod affinity terms, parsed once when the pod joins a
+	// node (nil when it has none, or when a selector does not parse, which validation
+	// prevents), so that the inter-pod plugins match them without parsing.
+	Affinity *PodAffinityTerms
 }
 
 // NewPodInfo computes a pod's requests.
@@ -115,6 +119,7 @@ func NewPodInfo(pod *corev1.Pod) *PodInfo {
 	pi := &PodInfo{Pod: pod, Requests: NewResource(req)}
 	nzr := NewResource(nz)
 	pi.NonZeroRequests = Resource{MilliCPU: nzr.MilliCPU, Memory: nzr.Memory}
+	pi.Affinity, _ = NewPodAffinityTerms(pod)
 	return pi
 }
 

@@ -29,6 +29,10 @@ type PreemptionHandle interface {
 	RunFilter(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, node *framework.NodeInfo) *framework.Status
 	// Evict deletes a victim to make room for the preemptor on node.
 	Evict(ctx context.Context, victim, preemptor *corev1.Pod, node string) error
+	// RunPreFilterExtensionAddPod and RunPreFilterExtensionRemovePod keep the PreFilter
+	// plugins' cycle state in step with the dry run's changes to a node.
+	RunPreFilterExtensionAddPod(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, add *framework.PodInfo, node *framework.NodeInfo) *framework.Status
+	RunPreFilterExtensionRemovePod(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, remove *framework.PodInfo, node *framework.NodeInfo) *framework.Status
 }
 
 // DefaultPreemption makes room for a pod that fits no node by evicting pods of lower
@@ -89,18 +93,23 @@ func (p *DefaultPreemption) PostFilter(ctx context.Context, state *framework.Cyc
 // pod then fits, and gives back as many of them as still leave room, most important first.
 func (p *DefaultPreemption) selectVictims(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, n *framework.NodeInfo) ([]*corev1.Pod, *framework.Status) {
 	node := n.Clone()
+	// The dry run changes the plugins' precomputed state (inter-pod counts ...) along
+	// with the node, on a copy.
+	state = state.Clone()
 	prio := corev1helpers.PodPriority(pod)
 	var lower []*framework.PodInfo
 	for _, pi := range n.Pods {
 		if corev1helpers.PodPriority(pi.Pod) < prio {
 			lower = append(lower, pi)
 			node.RemovePod(pi.Pod)
+			if s := p.handle.RunPreFilterExtensionRemovePod(ctx, state, pod, pi, node); !s.IsSuccess() {
+				return nil, s
+			}
 		}
 	}
 	if len(lower) == 0 {
 		return nil, framework.NewStatus(framework.UnschedulableAndUnresolvable, ErrReasonNoVictims)
 	}
-	state = state.Clone()
 	if s := p.handle.RunFilter(ctx, state, pod, node); !s.IsSuccess() {
 		return nil, s
 	}
@@ -108,8 +117,14 @@ func (p *DefaultPreemption) selectVictims(ctx context.Context, state *framework.
 	var victims []*corev1.Pod
 	for _, pi := range lower {
 		node.AddPodInfo(pi)
+		if s := p.handle.RunPreFilterExtensionAddPod(ctx, state, pod, pi, node); !s.IsSuccess() {
+			return nil, s
+		}
 		if !p.handle.RunFilter(ctx, state, pod, node).IsSuccess() {
 			node.RemovePod(pi.Pod)
+			if s := p.handle.RunPreFilterExtensionRemovePod(ctx, state, pod, pi, node); !s.IsSuccess() {
+				return nil, s
+			}
 			victims = append(victims, pi.Pod)
 		}
 	}

@@ -2,7 +2,13 @@
 // semantics and wording, and the default profile that strings them together.
 package plugins
 
-import "berth.dev/berth/core/scheduler/framework"
+import (
+	"context"
+
+	"k8s.io/client-go/util/workqueue"
+
+	"berth.dev/berth/core/scheduler/framework"
+)
 
 // normalize rescales scores to [0, MaxNodeScore] against the highest one; reverse turns a
 // count of bad things into a score (fewest gets the most). All zero scores stay zero, or
@@ -25,4 +31,11 @@ func normalize(scores []framework.NodeScore, reverse bool) {
 		}
 		scores[i].Score = v
 	}
+}
+
+// parallelize runs fn(i) for i in [0, n) on workers goroutines, in chunks, until done or
+// ctx ends; the plugins' PreFilter and PreScore use it to walk every node.
+func parallelize(ctx context.Context, workers, n int, fn func(i int)) {
+	chunk := max(1, n/(workers*4))
+	workqueue.ParallelizeUntil(ctx, workers, n, fn, workqueue.WithChunkSize(chunk))
 }

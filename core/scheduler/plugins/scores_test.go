@@ -104,6 +104,12 @@ func (f *fakePreemption) Evict(_ context.Context, victim, _ *corev1.Pod, _ strin
 	f.evicted = append(f.evicted, victim.Name)
 	return nil
 }
+func (f *fakePreemption) RunPreFilterExtensionAddPod(context.Context, *framework.CycleState, *corev1.Pod, *framework.PodInfo, *framework.NodeInfo) *framework.Status {
+	return nil
+}
+func (f *fakePreemption) RunPreFilterExtensionRemovePod(context.Context, *framework.CycleState, *corev1.Pod, *framework.PodInfo, *framework.NodeInfo) *framework.Status {
+	return nil
+}
 
 func TestDefaultPreemption(t *testing.T) {
 	prio := func(p int32) func(*corev1.Pod) { return func(pod *corev1.Pod) { pod.Spec.Priority = &p } }
