@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"berth.dev/berth/conformance/cni"
 	"berth.dev/berth/conformance/cri"
 )
 
@@ -19,9 +20,10 @@ var errTestsFailed = errors.New("conformance tests failed")
 func newConformanceCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "conformance",
-		Short: "Check that a driver (container runtime, ...) behaves as berth needs",
+		Short: "Check that a driver (container runtime, CNI plugin, ...) behaves as berth needs",
 	}
 	cmd.AddCommand(newConformanceCRICommand())
+	cmd.AddCommand(newConformanceCNICommand())
 	return cmd
 }
 
@@ -99,4 +101,76 @@ func listCRITests(w io.Writer, focus, skip string) error {
 		fmt.Fprintln(w, t.Name)
 	}
 	return nil
+}
+
+// newConformanceCNICommand is `berth conformance cni`.
+func newConformanceCNICommand() *cobra.Command {
+	var cfg cni.Config
+	var junit, jsonFile string
+	var list bool
+	cmd := &cobra.Command{
+		Use:   "cni --bin-dir DIR --conf FILE",
+		Short: "Run the CNI conformance suite against a CNI plugin or chain",
+		Long: fmt.Sprintf(`Run berth's CNI conformance suite against the plugins in --bin-dir configured by
+--conf (a .conf with one plugin or a .conflist with a chain): VERSION, ADD's result and
+the interfaces, addresses and routes really in the namespace, CHECK, DEL (complete and
+idempotent), GC and STATUS (cniVersion 1.1.0 and later), IPAM (no address twice, and
+addresses back after DEL) and errors in the spec's format for bad input.
+
+It must run as root: it makes network namespaces (/var/run/netns/%s<run>-<n>) and
+removes them, with a DEL of what was added, after each test. The plugins change the
+host's network as they would for pods (a bridge, veths, routes): use a configuration
+with a subnet and bridge name of its own. One line per test, then "N passed, N failed,
+N skipped"; the command exits non-zero when a test fails.`, cni.NamespacePrefix),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			if list {
+				sel, err := cni.NewSelection(cfg.Focus, cfg.Skip)
+				if err != nil {
+					return err
+				}
+				for _, t := range sel.Filter(cni.Tests()) {
+					fmt.Fprintln(out, t.Name)
+				}
+				return nil
+			}
+			if cfg.BinDir == "" || cfg.ConfFile == "" {
+				return errors.New("--bin-dir (the plugin executables) and --conf (the network configuration) are required")
+			}
+			cfg.Output = out
+			report, err := cni.Run(cmd.Context(), cfg)
+			if report != nil {
+				if junit != "" {
+					if werr := report.WriteFile(junit, (*cni.Report).WriteJUnit); werr != nil {
+						return werr
+					}
+				}
+				if jsonFile != "" {
+					if werr := report.WriteFile(jsonFile, (*cni.Report).WriteJSON); werr != nil {
+						return werr
+					}
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if !report.OK() {
+				return errTestsFailed
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.BinDir, "bin-dir", "", "directory of the CNI plugin executables (CNI_PATH)")
+	f.StringVar(&cfg.ConfFile, "conf", "", "network configuration file (.conf or .conflist)")
+	f.StringVar(&cfg.IfName, "ifname", cni.DefaultIfName, "interface name inside the namespaces")
+	f.IntVar(&cfg.IPAMAttachments, "ipam-attachments", cni.DefaultIPAMAttachments, "attachments ipam/unique and ipam/release make at once")
+	f.StringVar(&cfg.Focus, "focus", "", "run only the tests whose names match this regular expression")
+	f.StringVar(&cfg.Skip, "skip", "", "skip the tests whose names match this regular expression")
+	f.StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
+	f.StringVar(&jsonFile, "json", "", "write a JSON report to this file")
+	f.DurationVar(&cfg.Timeout, "timeout", cni.DefaultTimeout, "timeout of each test")
+	f.BoolVar(&list, "list", false, "list the tests --focus and --skip select, and run none")
+	return cmd
 }

@@ -26,7 +26,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
@@ -35,6 +34,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"berth.dev/berth/conformance/internal/report"
 )
 
 const (
@@ -166,35 +167,17 @@ var tests = []Test{
 }
 
 // Selection decides which tests run.
-type Selection struct {
-	focus, skip *regexp.Regexp
-}
+type Selection struct{ sel report.Selection }
 
 // NewSelection compiles the focus and skip expressions; empty ones select everything and
 // skip nothing.
 func NewSelection(focus, skip string) (Selection, error) {
-	var s Selection
-	var err error
-	if focus != "" {
-		if s.focus, err = regexp.Compile(focus); err != nil {
-			return Selection{}, fmt.Errorf("focus expression %q: %w", focus, err)
-		}
-	}
-	if skip != "" {
-		if s.skip, err = regexp.Compile(skip); err != nil {
-			return Selection{}, fmt.Errorf("skip expression %q: %w", skip, err)
-		}
-	}
-	return s, nil
+	s, err := report.NewSelection(focus, skip)
+	return Selection{s}, err
 }
 
 // Selected reports whether the test named name runs.
-func (s Selection) Selected(name string) bool {
-	if s.focus != nil && !s.focus.MatchString(name) {
-		return false
-	}
-	return s.skip == nil || !s.skip.MatchString(name)
-}
+func (s Selection) Selected(name string) bool { return s.sel.Selected(name) }
 
 // Filter returns the tests of ts that s selects, in their order.
 func (s Selection) Filter(ts []Test) []Test {

@@ -9,10 +9,10 @@ package containerd
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"berth.dev/berth/core/agent/network"
 )
 
 const (
@@ -52,6 +54,12 @@ type Config struct {
 	CNIBinDir string
 	// Output receives the daemon's log (discarded when nil).
 	Output io.Writer
+	// NetworkConfig is a NetworkConfiguration file (package network) choosing the pod
+	// network's driver; the bridge driver when empty. Start watches it and re-renders
+	// the CNI conf dir when it changes, which containerd applies to new sandboxes.
+	NetworkConfig string
+	// Log receives the network watcher's messages (discarded when nil).
+	Log *slog.Logger
 }
 
 // Paths are where a Config puts things.
@@ -160,30 +168,21 @@ state = ` + q(p.State) + `
 // chain because containerd's CRI plugin sets up lo itself, with the loopback plugin of
 // bin_dir, for every sandbox.
 func CNIConflist(bridge, podCIDR, dataDir string) ([]byte, error) {
-	if _, _, err := net.ParseCIDR(podCIDR); err != nil {
-		return nil, fmt.Errorf("pod CIDR: %w", err)
-	}
-	conf := map[string]any{
-		"cniVersion": "0.4.0",
-		"name":       NetworkName,
-		"plugins": []any{
-			map[string]any{
-				"type":        "bridge",
-				"bridge":      bridge,
-				"isGateway":   true,
-				"ipMasq":      true,
-				"hairpinMode": true,
-				"ipam": map[string]any{
-					"type":    "host-local",
-					"ranges":  [][]map[string]string{{{"subnet": podCIDR}}},
-					"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
-					"dataDir": dataDir,
-				},
-			},
-			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
-		},
-	}
-	return json.MarshalIndent(conf, "", "  ")
+	return network.Render(network.Configuration{Driver: network.DriverBridge},
+		network.Params{Name: NetworkName, PodCIDR: podCIDR, Bridge: bridge, DataDir: dataDir})
+}
+
+// PTPConflist is the node's network with the ptp driver: a veth pair per pod and no
+// bridge, the pod's address from host-local on podCIDR (leases in dataDir) and a host
+// route to each pod, plus portmap for hostPort.
+func PTPConflist(podCIDR, dataDir string) ([]byte, error) {
+	return network.Render(network.Configuration{Driver: network.DriverPTP},
+		network.Params{Name: NetworkName, PodCIDR: podCIDR, DataDir: dataDir})
+}
+
+// networkParams are the node's facts a network configuration file is rendered with.
+func networkParams(c Config, p Paths) network.Params {
+	return network.Params{Name: NetworkName, PodCIDR: c.PodCIDR, Bridge: c.Bridge, DataDir: p.CNIDataDir}
 }
 
 // WriteConfig writes config.toml and the CNI conflist of c and makes the dirs they name.
@@ -200,12 +199,16 @@ func WriteConfig(c Config) (Paths, error) {
 	if err := os.WriteFile(p.Config, []byte(ConfigTOML(c, p)), 0o600); err != nil {
 		return Paths{}, fmt.Errorf("containerd config: %w", err)
 	}
-	conflist, err := CNIConflist(c.Bridge, c.PodCIDR, p.CNIDataDir)
-	if err != nil {
-		return Paths{}, err
+	// Without a network configuration file the node's network is the bridge driver.
+	netConf := network.Configuration{Driver: network.DriverBridge}
+	if c.NetworkConfig != "" {
+		var err error
+		if netConf, err = network.Load(c.NetworkConfig); err != nil {
+			return Paths{}, err
+		}
 	}
-	if err := os.WriteFile(filepath.Join(p.CNIConfDir, "10-berth.conflist"), conflist, 0o644); err != nil {
-		return Paths{}, fmt.Errorf("CNI config: %w", err)
+	if err := network.Write(p.CNIConfDir, netConf, networkParams(c, p)); err != nil {
+		return Paths{}, err
 	}
 	return p, nil
 }
@@ -216,6 +219,8 @@ type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
+	// watchDone is closed when the network watcher has stopped (at once without one).
+	watchDone chan struct{}
 }
 
 // Start writes c's configuration, starts containerd and returns once its socket answers.
@@ -243,7 +248,7 @@ func Start(ctx context.Context, c Config) (*Process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
-	proc := &Process{Paths: p, cmd: cmd, done: make(chan struct{})}
+	proc := &Process{Paths: p, cmd: cmd, done: make(chan struct{}), watchDone: make(chan struct{})}
 	go func() {
 		proc.err = cmd.Wait()
 		if ctx.Err() != nil {
@@ -258,6 +263,19 @@ func Start(ctx context.Context, c Config) (*Process, error) {
 		<-proc.done
 		return nil, err
 	}
+	if c.NetworkConfig == "" {
+		close(proc.watchDone)
+		return proc, nil
+	}
+	w := &network.Watcher{File: c.NetworkConfig, ConfDir: p.CNIConfDir, Params: networkParams(c, p), Log: c.Log}
+	// The watcher lives as long as containerd: both stop when ctx ends, and Wait
+	// returns once both have.
+	go func() {
+		defer close(proc.watchDone)
+		if err := w.Run(ctx); err != nil && c.Log != nil {
+			c.Log.Error("network configuration watcher stopped", "err", err)
+		}
+	}()
 	return proc, nil
 }
 
@@ -287,6 +305,7 @@ func (p *Process) waitReady(ctx context.Context, timeout time.Duration) error {
 // its exit error otherwise.
 func (p *Process) Wait() error {
 	<-p.done
+	<-p.watchDone
 	return p.err
 }
 
