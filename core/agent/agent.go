@@ -40,6 +40,8 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/utils/clock"
+
+	"berth.dev/berth/core/dns"
 )
 
 // KubeletVersion is the Kubernetes version the agent reports in the Node's nodeInfo: the
@@ -76,6 +78,21 @@ type Config struct {
 	// LeaseRenewInterval is how often the node's Lease is renewed (10 s when zero), and
 	// StatusInterval how often the Node's status is posted (10 s when zero).
 	LeaseRenewInterval, StatusInterval time.Duration
+	// ClusterDNS are the nameservers of pods with dnsPolicy ClusterFirst (the kube-dns
+	// Service's ClusterIP). When set, the agent also runs the cluster DNS server (core/dns)
+	// on DNSListen, unless NoDNSServer; when empty, ClusterFirst pods get the host's
+	// resolv.conf, as with a kubelet without --cluster-dns.
+	ClusterDNS []string
+	// ClusterDomain is the cluster's DNS domain (cluster.local when empty).
+	ClusterDomain string
+	// ResolvConf is the host's resolver file: what dnsPolicy Default pods get and where
+	// the DNS server forwards other names (/etc/resolv.conf when empty).
+	ResolvConf string
+	// DNSListen are the host:port addresses of the DNS server (dns.DefaultListen of the
+	// node IP and PodCIDR when empty); the first is published in the kube-dns Service.
+	DNSListen []string
+	// NoDNSServer keeps the DNS server off while pods still use ClusterDNS.
+	NoDNSServer bool
 }
 
 // Agent runs the pods of one node. Make it with New, then Run it.
@@ -92,7 +109,11 @@ type Agent struct {
 	hostIP                      string
 	queue                       workqueue.TypedRateLimitingInterface[string]
 	pods                        corelisters.PodLister
-	recorder                    record.EventRecorder
+	// services lists every Service, for the service environment variables.
+	services corelisters.ServiceLister
+	// dns is what pods' resolv.conf is made from.
+	dns      dnsSettings
+	recorder record.EventRecorder
 
 	crashBackoff, pullBackoff *backoff
 	// probes runs the containers' liveness, readiness and startup probes.
@@ -120,6 +141,8 @@ type Agent struct {
 // podState is what the agent knows of a pod that the runtime does not record.
 type podState struct {
 	waiting map[string]waitingState // by container name
+	// dnsWarned: the pod's DNS warnings were recorded once (podDNS); not at every sync.
+	dnsWarned bool
 }
 
 // New checks cfg and connects (lazily) to the runtime.
@@ -153,6 +176,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.StreamingAddr == "" {
 		cfg.StreamingAddr = DefaultStreamingAddr
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = dns.DefaultDomain
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = "/etc/resolv.conf"
 	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
@@ -237,6 +266,31 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("pod informer: %w", err)
 	}
 
+	// Services, and for the DNS server EndpointSlices and Namespaces, of the whole cluster.
+	cluster := informers.NewSharedInformerFactory(a.cfg.Kube, 0)
+	svcInformer := cluster.Core().V1().Services()
+	a.services = svcInformer.Lister()
+	a.dns = dnsSettings{clusterDNS: a.cfg.ClusterDNS, domain: a.cfg.ClusterDomain}
+	var err error
+	if a.dns.host, err = readResolvConf(a.cfg.ResolvConf); err != nil {
+		a.log.Warn("pods with dnsPolicy Default get an empty resolv.conf", "err", err)
+	}
+	var runDNS func(context.Context) error
+	if len(a.cfg.ClusterDNS) > 0 && !a.cfg.NoDNSServer {
+		listen := a.cfg.DNSListen
+		if len(listen) == 0 {
+			listen = dns.DefaultListen(a.hostIP, a.cfg.PodCIDR)
+		}
+		runDNS, err = dns.StartNode(dns.NodeConfig{
+			Kube: a.cfg.Kube, NodeName: a.cfg.NodeName, Domain: a.cfg.ClusterDomain, ResolvConf: a.cfg.ResolvConf,
+			Listen: listen, Log: a.log.With("component", "dns"),
+		}, cluster)
+		if err != nil {
+			// The node still runs pods; it just answers no DNS (port 53 taken, say).
+			a.log.Error("cluster DNS server not started: this node answers no DNS queries", "listen", listen, "err", err)
+		}
+	}
+
 	handlers := newProbeHandlers(a.runtime)
 	a.probes = newProber(ctx, proberConfig{
 		clock: clock.RealClock{},
@@ -250,9 +304,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	factory.Start(gctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(gctx.Done(), podInformer.Informer().HasSynced) {
+	cluster.Start(gctx.Done())
+	defer cluster.Shutdown()
+	// Services are synced before any container is made, so that its environment has them.
+	if !cache.WaitForCacheSync(gctx.Done(), podInformer.Informer().HasSynced, svcInformer.Informer().HasSynced) {
 		a.queue.ShutDown()
-		return fmt.Errorf("pod informer did not sync: %w", context.Cause(gctx))
+		if runDNS != nil {
+			_ = runDNS(gctx) // gctx has ended: this closes the DNS server's sockets
+		}
+		return fmt.Errorf("informers did not sync: %w", context.Cause(gctx))
 	}
 	a.log.Info("agent running", "node", a.cfg.NodeName, "runtime", a.runtimeName+" "+a.runtimeVersion, "nodeIP", a.hostIP)
 
@@ -261,6 +321,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { a.relist(gctx); return nil })
 	if a.streams != nil {
 		g.Go(func() error { return a.streams.serve(gctx) })
+	}
+	if runDNS != nil {
+		g.Go(func() error { return runDNS(gctx) })
 	}
 	g.Go(func() error {
 		<-gctx.Done()
@@ -274,7 +337,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	err := g.Wait()
+	err = g.Wait()
 	a.probes.stop()
 	a.killers.Wait()
 	return err

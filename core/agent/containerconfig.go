@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -9,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/labels"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/kubernetes/third_party/forked/golang/expansion"
 )
@@ -33,6 +38,12 @@ type podNetwork struct {
 type objectSource interface {
 	ConfigMap(namespace, name string) (*corev1.ConfigMap, error)
 	Secret(namespace, name string) (*corev1.Secret, error)
+}
+
+// serviceSource lists a namespace's Services, for the service environment variables; an
+// objectSource that is one gives containers those variables.
+type serviceSource interface {
+	Services(namespace string) ([]*corev1.Service, error)
 }
 
 // configError is a container that cannot be configured because of what the user wrote
@@ -215,6 +226,13 @@ type envVar struct{ name, value string }
 // then env entries, later ones overriding earlier ones, each env value expanded against
 // the variables defined before it.
 func containerEnv(pod *corev1.Pod, c *corev1.Container, net podNetwork, objects objectSource) ([]envVar, error) {
+	var svcEnv []envVar
+	if services, ok := objects.(serviceSource); ok {
+		var err error
+		if svcEnv, err = serviceEnv(pod, services); err != nil {
+			return nil, err
+		}
+	}
 	var out []envVar
 	index := map[string]int{}
 	set := func(name, value string) {
@@ -261,7 +279,11 @@ func containerEnv(pod *corev1.Pod, c *corev1.Container, net podNetwork, objects 
 	}
 	for _, e := range c.Env {
 		if e.ValueFrom == nil {
+			// The service variables are there to be referred to, below the container's own.
 			mapping := map[string]string{}
+			for _, v := range svcEnv {
+				mapping[v.name] = v.value
+			}
 			for _, v := range out {
 				mapping[v.name] = v.value
 			}
@@ -276,7 +298,102 @@ func containerEnv(pod *corev1.Pod, c *corev1.Container, net podNetwork, objects 
 			set(e.Name, v)
 		}
 	}
+	// As the kubelet: the service variables come last, unless the container set them.
+	for _, v := range svcEnv {
+		if _, ok := index[v.name]; !ok {
+			set(v.name, v.value)
+		}
+	}
 	return out, nil
+}
+
+// masterServiceNamespace holds the kubernetes Service, whose variables every pod gets.
+const masterServiceNamespace = "default"
+
+// serviceEnv is the kubelet's service environment of pod, sorted by name: for each
+// Service of the pod's namespace (none with enableServiceLinks: false) and for the
+// kubernetes Service of default, NAME_SERVICE_HOST, NAME_SERVICE_PORT,
+// NAME_SERVICE_PORT_PORTNAME and the docker-link variables (NAME_PORT=tcp://ip:port,
+// NAME_PORT_80_TCP, _PROTO, _PORT, _ADDR). Services without a ClusterIP (headless,
+// ExternalName) give none. As with the kubelet, these are the Services that exist when the
+// container is created: a Service made after it is not seen until a restart.
+func serviceEnv(pod *corev1.Pod, objects serviceSource) ([]envVar, error) {
+	byName := map[string]*corev1.Service{}
+	master, err := objects.Services(masterServiceNamespace)
+	if err != nil {
+		return nil, fmt.Errorf("list services of %s for the service environment: %w", masterServiceNamespace, err)
+	}
+	for _, svc := range master {
+		if svc.Name == "kubernetes" {
+			byName[svc.Name] = svc
+		}
+	}
+	if pod.Spec.EnableServiceLinks == nil || *pod.Spec.EnableServiceLinks {
+		own := master
+		if pod.Namespace != masterServiceNamespace {
+			if own, err = objects.Services(pod.Namespace); err != nil {
+				return nil, fmt.Errorf("list services of %s for the service environment: %w", pod.Namespace, err)
+			}
+		}
+		for _, svc := range own {
+			byName[svc.Name] = svc // the namespace's own kubernetes Service wins, as in the kubelet
+		}
+	}
+	services := make([]*corev1.Service, 0, len(byName))
+	for _, svc := range byName {
+		services = append(services, svc)
+	}
+	sort.Slice(services, func(i, j int) bool { return services[i].Name < services[j].Name })
+	var out []envVar
+	for _, svc := range services {
+		out = append(out, serviceVars(svc)...)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out, nil
+}
+
+// serviceVars are one Service's variables, as the kubelet's envvars.FromServices makes
+// them. (That package is not used: it links Kubernetes' internal API types into the
+// agent, against ADR 0010's footprint.)
+func serviceVars(svc *corev1.Service) []envVar {
+	ip := svc.Spec.ClusterIP
+	if ip == "" || ip == corev1.ClusterIPNone || len(svc.Spec.Ports) == 0 {
+		return nil // headless and ExternalName Services have no address to give
+	}
+	prefix := strings.ToUpper(strings.ReplaceAll(svc.Name, "-", "_"))
+	out := []envVar{
+		{prefix + "_SERVICE_HOST", ip},
+		{prefix + "_SERVICE_PORT", strconv.Itoa(int(svc.Spec.Ports[0].Port))},
+	}
+	for _, p := range svc.Spec.Ports {
+		if p.Name != "" {
+			out = append(out, envVar{prefix + "_SERVICE_PORT_" + strings.ToUpper(strings.ReplaceAll(p.Name, "-", "_")), strconv.Itoa(int(p.Port))})
+		}
+	}
+	// The docker-link variables.
+	for i, p := range svc.Spec.Ports {
+		proto := string(p.Protocol)
+		if proto == "" {
+			proto = string(corev1.ProtocolTCP)
+		}
+		port := strconv.Itoa(int(p.Port))
+		url := strings.ToLower(proto) + "://" + net.JoinHostPort(ip, port)
+		if i == 0 {
+			out = append(out, envVar{prefix + "_PORT", url})
+		}
+		pp := prefix + "_PORT_" + port + "_" + strings.ToUpper(proto)
+		out = append(out, envVar{pp, url}, envVar{pp + "_PROTO", strings.ToLower(proto)},
+			envVar{pp + "_PORT", port}, envVar{pp + "_ADDR", ip})
+	}
+	return out
+}
+
+// Services lists a namespace's Services from the agent's informer: no API call per pod.
+func (o *apiObjects) Services(namespace string) ([]*corev1.Service, error) {
+	if o.a.services == nil {
+		return nil, nil
+	}
+	return o.a.services.Services(namespace).List(labels.Everything())
 }
 
 func optional(b *bool) bool { return b != nil && *b }
@@ -465,6 +582,230 @@ func containerSecurityContext(pod *corev1.Pod, c *corev1.Container) *runtimeapi.
 		}
 		for _, c := range caps.Drop {
 			out.Capabilities.DropCapabilities = append(out.Capabilities.DropCapabilities, string(c))
+		}
+	}
+	return out
+}
+
+// DNS limits of Kubernetes' validation, which the kubelet applies to the resolv.conf it
+// forms: at most 3 nameservers, 32 search domains of at most 253 characters each, and a
+// search line of at most 2048 characters.
+const (
+	maxDNSNameservers     = 3
+	maxDNSSearchPaths     = 32
+	maxDNSSearchListChars = 2048
+	maxDNSSearchLength    = 253
+)
+
+// dnsSettings are the node's DNS settings that pods' resolv.conf is made from.
+type dnsSettings struct {
+	// clusterDNS are the cluster's nameservers (the kube-dns Service's ClusterIP); empty:
+	// ClusterFirst pods get the host's configuration, as with a kubelet without clusterDNS.
+	clusterDNS []string
+	// domain is the cluster domain (cluster.local).
+	domain string
+	// host is the node's resolv.conf.
+	host resolvConf
+}
+
+// resolvConf is what a resolv.conf says.
+type resolvConf struct {
+	servers, searches, options []string
+}
+
+// readResolvConf reads a resolv.conf file.
+func readResolvConf(path string) (resolvConf, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return resolvConf{}, fmt.Errorf("read resolver configuration: %w", err)
+	}
+	defer f.Close()
+	rc, err := parseResolvConf(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return resolvConf{}, fmt.Errorf("parse %s: %w", path, err)
+	}
+	return rc, nil
+}
+
+// parseResolvConf reads nameserver, search and options lines as the kubelet does: the
+// last search line wins, "." and trailing dots are dropped, a later option replaces an
+// earlier one of the same name.
+func parseResolvConf(r io.Reader) (resolvConf, error) {
+	var rc resolvConf
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			if len(f) >= 2 {
+				rc.servers = append(rc.servers, f[1])
+			}
+		case "search":
+			rc.searches = nil
+			for _, d := range f[1:] {
+				if d != "." {
+					rc.searches = append(rc.searches, strings.TrimSuffix(d, "."))
+				}
+			}
+		case "options":
+			rc.options = mergeOptions(rc.options, f[1:])
+		}
+	}
+	return rc, sc.Err()
+}
+
+// mergeOptions is opts with each of more set: replacing the option of the same name in
+// place, or appended.
+func mergeOptions(opts, more []string) []string {
+	out := append([]string(nil), opts...)
+	for _, o := range more {
+		name, _, _ := strings.Cut(o, ":")
+		replaced := false
+		for i, e := range out {
+			if n, _, _ := strings.Cut(e, ":"); n == name {
+				out[i], replaced = o, true
+				break
+			}
+		}
+		if !replaced {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// podDNSConfig is the resolver configuration of pod's sandbox, formed as the kubelet forms
+// it from the pod's dnsPolicy and dnsConfig:
+//
+//   - ClusterFirst (the default), and ClusterFirstWithHostNet: the cluster's nameservers,
+//     search <ns>.svc.<domain> svc.<domain> <domain> and then the host's search domains,
+//     options ndots:5. A hostNetwork pod with ClusterFirst gets Default instead, and so
+//     does every ClusterFirst pod when the node has no cluster DNS (with a warning).
+//   - Default: the host's resolv.conf.
+//   - None: nothing but the pod's dnsConfig.
+//
+// The pod's dnsConfig is then added: its nameservers and searches after the policy's
+// (duplicates dropped), its options replacing those of the same name. The result is cut
+// to the limits (3 nameservers; 32 search domains, none longer than 253 characters, 2048
+// characters in all); warnings say what was cut, for an event.
+func podDNSConfig(pod *corev1.Pod, s dnsSettings) (*runtimeapi.DNSConfig, []dnsWarning) {
+	var warnings []dnsWarning
+	cfg := &runtimeapi.DNSConfig{
+		Servers:  append([]string(nil), s.host.servers...),
+		Searches: append([]string(nil), s.host.searches...),
+		Options:  append([]string(nil), s.host.options...),
+	}
+	policy := pod.Spec.DNSPolicy
+	if policy == "" {
+		policy = corev1.DNSClusterFirst
+	}
+	cluster := false
+	switch policy {
+	case corev1.DNSNone:
+		cfg = &runtimeapi.DNSConfig{}
+	case corev1.DNSClusterFirstWithHostNet:
+		cluster = true
+	case corev1.DNSClusterFirst:
+		cluster = !pod.Spec.HostNetwork
+	case corev1.DNSDefault:
+	default:
+		warnings = append(warnings, dnsWarning{"DNSConfigForming", fmt.Sprintf("invalid dnsPolicy %q: using ClusterFirst", policy)})
+		cluster = true
+	}
+	if cluster {
+		if len(s.clusterDNS) > 0 {
+			cfg.Servers = append([]string(nil), s.clusterDNS...)
+			if s.domain != "" {
+				cfg.Searches = dedupe(append([]string{pod.Namespace + ".svc." + s.domain, "svc." + s.domain, s.domain}, cfg.Searches...))
+			}
+			cfg.Options = []string{"ndots:5"}
+		} else {
+			warnings = append(warnings, dnsWarning{"MissingClusterDNS", fmt.Sprintf("the node has no cluster DNS configured (--cluster-dns) and cannot run the pod with the %q policy: using %q", corev1.DNSClusterFirst, corev1.DNSDefault)})
+		}
+	}
+	if dc := pod.Spec.DNSConfig; dc != nil {
+		cfg.Servers = dedupe(append(cfg.Servers, dc.Nameservers...))
+		cfg.Searches = dedupe(append(cfg.Searches, dc.Searches...))
+		var opts []string
+		for _, o := range dc.Options {
+			if o.Value != nil && *o.Value != "" {
+				opts = append(opts, o.Name+":"+*o.Value)
+			} else {
+				opts = append(opts, o.Name)
+			}
+		}
+		cfg.Options = mergeOptions(cfg.Options, opts)
+	}
+	if len(cfg.Servers) > maxDNSNameservers {
+		cfg.Servers = cfg.Servers[:maxDNSNameservers]
+		warnings = append(warnings, dnsWarning{"DNSConfigForming", "Nameserver limits were exceeded, some nameservers have been omitted, the applied nameserver line is: " + strings.Join(cfg.Servers, " ")})
+	}
+	if searches, cut := fitSearches(cfg.Searches); cut {
+		cfg.Searches = searches
+		warnings = append(warnings, dnsWarning{"DNSConfigForming", "Search Line limits were exceeded, some search paths have been omitted, the applied search line is: " + strings.Join(searches, " ")})
+	}
+	return cfg, warnings
+}
+
+// dnsWarning is a warning event about a pod's DNS configuration.
+type dnsWarning struct{ reason, message string }
+
+// podDNS is the DNS configuration of pod's sandbox, with a warning event on the pod, once,
+// for what could not be applied.
+func (a *Agent) podDNS(pod *corev1.Pod) *runtimeapi.DNSConfig {
+	cfg, warnings := podDNSConfig(pod, a.dns)
+	if len(warnings) == 0 || a.recorder == nil {
+		return cfg
+	}
+	st := a.state(pod.UID)
+	a.mu.Lock()
+	warned := st.dnsWarned
+	st.dnsWarned = true
+	a.mu.Unlock()
+	if !warned {
+		for _, w := range warnings {
+			a.recorder.Event(pod, corev1.EventTypeWarning, w.reason, w.message)
+		}
+	}
+	return cfg
+}
+
+// fitSearches cuts a search list to the limits: the first 32 domains, without those
+// longer than 253 characters (some resolvers abort on them), then domains from the end
+// until the line fits 2048 characters.
+func fitSearches(searches []string) ([]string, bool) {
+	cut := false
+	if len(searches) > maxDNSSearchPaths {
+		searches, cut = searches[:maxDNSSearchPaths], true
+	}
+	kept := searches[:0:0]
+	for _, d := range searches {
+		if len(d) > maxDNSSearchLength {
+			cut = true
+			continue
+		}
+		kept = append(kept, d)
+	}
+	for len(kept) > 0 && len(strings.Join(kept, " ")) > maxDNSSearchListChars {
+		kept, cut = kept[:len(kept)-1], true
+	}
+	return kept, cut
+}
+
+func dedupe(in []string) []string {
+	seen := map[string]bool{}
+	out := in[:0:0]
+	for _, s := range in {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
 		}
 	}
 	return out

@@ -2,7 +2,10 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -206,5 +209,180 @@ func TestContainerConfigResourcesAndSecurity(t *testing.T) {
 	}
 	if len(cfg.Envs) != 1 || cfg.Envs[0].Value != "64" {
 		t.Errorf("resourceFieldRef env %v, want MEM=64", cfg.Envs)
+	}
+}
+
+func TestParseResolvConf(t *testing.T) {
+	rc, err := parseResolvConf(strings.NewReader("# host\nnameserver 192.0.2.53\nsearch old.example\nsearch corp.example. .\noptions ndots:2 timeout:1\noptions ndots:3\nnameserver 192.0.2.54\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := resolvConf{servers: []string{"192.0.2.53", "192.0.2.54"}, searches: []string{"corp.example"}, options: []string{"ndots:3", "timeout:1"}}
+	if !reflect.DeepEqual(rc, want) {
+		t.Errorf("parsed %+v, want %+v", rc, want)
+	}
+}
+
+func TestPodDNSConfig(t *testing.T) {
+	host := resolvConf{servers: []string{"192.0.2.53"}, searches: []string{"corp.example"}, options: []string{"timeout:1"}}
+	node := dnsSettings{clusterDNS: []string{"10.96.0.10"}, domain: "cluster.local", host: host}
+	clusterSearch := []string{"shop.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"}
+	long := strings.Repeat("a", 254)
+	for _, tc := range []struct {
+		name     string
+		policy   corev1.DNSPolicy
+		hostNet  bool
+		config   *corev1.PodDNSConfig
+		node     dnsSettings
+		want     *runtimeapi.DNSConfig
+		warnings int
+	}{
+		{"ClusterFirst", corev1.DNSClusterFirst, false, nil, node,
+			&runtimeapi.DNSConfig{Servers: []string{"10.96.0.10"}, Searches: clusterSearch, Options: []string{"ndots:5"}}, 0},
+		{"empty policy is ClusterFirst", "", false, nil, node,
+			&runtimeapi.DNSConfig{Servers: []string{"10.96.0.10"}, Searches: clusterSearch, Options: []string{"ndots:5"}}, 0},
+		{"ClusterFirst on the host network is Default", corev1.DNSClusterFirst, true, nil, node,
+			&runtimeapi.DNSConfig{Servers: host.servers, Searches: host.searches, Options: host.options}, 0},
+		{"ClusterFirstWithHostNet", corev1.DNSClusterFirstWithHostNet, true, nil, node,
+			&runtimeapi.DNSConfig{Servers: []string{"10.96.0.10"}, Searches: clusterSearch, Options: []string{"ndots:5"}}, 0},
+		{"Default", corev1.DNSDefault, false, nil, node,
+			&runtimeapi.DNSConfig{Servers: host.servers, Searches: host.searches, Options: host.options}, 0},
+		{"ClusterFirst without cluster DNS is Default", corev1.DNSClusterFirst, false, nil, dnsSettings{domain: "cluster.local", host: host},
+			&runtimeapi.DNSConfig{Servers: host.servers, Searches: host.searches, Options: host.options}, 1},
+		{"None", corev1.DNSNone, false, &corev1.PodDNSConfig{
+			Nameservers: []string{"192.0.2.1"}, Searches: []string{"my.example"},
+			Options: []corev1.PodDNSConfigOption{{Name: "ndots", Value: ptr.To("2")}, {Name: "edns0"}}}, node,
+			&runtimeapi.DNSConfig{Servers: []string{"192.0.2.1"}, Searches: []string{"my.example"}, Options: []string{"ndots:2", "edns0"}}, 0},
+		{"ClusterFirst with dnsConfig", corev1.DNSClusterFirst, false, &corev1.PodDNSConfig{
+			Nameservers: []string{"192.0.2.1", "10.96.0.10"}, Searches: []string{"my.example", "cluster.local"},
+			Options: []corev1.PodDNSConfigOption{{Name: "ndots", Value: ptr.To("1")}, {Name: "single-request"}}}, node,
+			&runtimeapi.DNSConfig{Servers: []string{"10.96.0.10", "192.0.2.1"}, Searches: append(append([]string{}, clusterSearch...), "my.example"),
+				Options: []string{"ndots:1", "single-request"}}, 0},
+		{"at most 3 nameservers", corev1.DNSDefault, false, &corev1.PodDNSConfig{Nameservers: []string{"192.0.2.1", "192.0.2.2", "192.0.2.3"}}, node,
+			&runtimeapi.DNSConfig{Servers: []string{"192.0.2.53", "192.0.2.1", "192.0.2.2"}, Searches: host.searches, Options: host.options}, 1},
+		{"search domains over 253 characters are dropped", corev1.DNSNone, false, &corev1.PodDNSConfig{Searches: []string{"a.example", long, "b.example"}}, node,
+			&runtimeapi.DNSConfig{Searches: []string{"a.example", "b.example"}}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := testPod()
+			pod.Spec.DNSPolicy, pod.Spec.HostNetwork, pod.Spec.DNSConfig = tc.policy, tc.hostNet, tc.config
+			got, warnings := podDNSConfig(pod, tc.node)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %v\nwant %v", got, tc.want)
+			}
+			if len(warnings) != tc.warnings {
+				t.Errorf("warnings %v, want %d", warnings, tc.warnings)
+			}
+		})
+	}
+}
+
+func TestFitSearches(t *testing.T) {
+	var many []string
+	for i := range 40 {
+		many = append(many, fmt.Sprintf("d%02d.example", i))
+	}
+	got, cut := fitSearches(many)
+	if !cut || len(got) != 32 || got[31] != "d31.example" {
+		t.Errorf("40 domains: %d kept (cut %v), want the first 32", len(got), cut)
+	}
+	var wide []string
+	for i := range 20 {
+		wide = append(wide, fmt.Sprintf("%03d.%s", i, strings.Repeat("x", 200)))
+	}
+	got, cut = fitSearches(wide)
+	if line := strings.Join(got, " "); !cut || len(line) > maxDNSSearchListChars || len(got) != 9 { // 10 of 204 characters make 2049
+		t.Errorf("wide domains: %d kept, line of %d characters (cut %v)", len(got), len(line), cut)
+	}
+}
+
+// fakeServices is an objectSource with Services.
+type fakeServices struct {
+	fakeObjects
+	services []*corev1.Service
+}
+
+func (f fakeServices) Services(ns string) ([]*corev1.Service, error) {
+	var out []*corev1.Service
+	for _, s := range f.services {
+		if s.Namespace == ns {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+func TestServiceEnv(t *testing.T) {
+	svc := func(ns, name, ip string, ports ...corev1.ServicePort) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{ClusterIP: ip, Ports: ports}}
+	}
+	objects := fakeServices{services: []*corev1.Service{
+		svc("default", "kubernetes", "10.96.0.1", corev1.ServicePort{Name: "https", Port: 443, Protocol: corev1.ProtocolTCP}),
+		svc("default", "other", "10.96.0.2", corev1.ServicePort{Port: 1, Protocol: corev1.ProtocolTCP}),
+		svc("shop", "web-app", "10.96.0.50",
+			corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP},
+			corev1.ServicePort{Name: "dns-udp", Port: 53, Protocol: corev1.ProtocolUDP}),
+		svc("shop", "headless", corev1.ClusterIPNone, corev1.ServicePort{Port: 80}),
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "ext"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.org"}},
+	}}
+	kubernetesVars := []string{
+		"KUBERNETES_PORT=tcp://10.96.0.1:443",
+		"KUBERNETES_PORT_443_TCP=tcp://10.96.0.1:443",
+		"KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1",
+		"KUBERNETES_PORT_443_TCP_PORT=443",
+		"KUBERNETES_PORT_443_TCP_PROTO=tcp",
+		"KUBERNETES_SERVICE_HOST=10.96.0.1",
+		"KUBERNETES_SERVICE_PORT=443",
+		"KUBERNETES_SERVICE_PORT_HTTPS=443",
+	}
+	webVars := []string{
+		"WEB_APP_PORT=tcp://10.96.0.50:80",
+		"WEB_APP_PORT_53_UDP=udp://10.96.0.50:53",
+		"WEB_APP_PORT_53_UDP_ADDR=10.96.0.50",
+		"WEB_APP_PORT_53_UDP_PORT=53",
+		"WEB_APP_PORT_53_UDP_PROTO=udp",
+		"WEB_APP_PORT_80_TCP=tcp://10.96.0.50:80",
+		"WEB_APP_PORT_80_TCP_ADDR=10.96.0.50",
+		"WEB_APP_PORT_80_TCP_PORT=80",
+		"WEB_APP_PORT_80_TCP_PROTO=tcp",
+		"WEB_APP_SERVICE_HOST=10.96.0.50",
+		"WEB_APP_SERVICE_PORT=80",
+		"WEB_APP_SERVICE_PORT_DNS_UDP=53",
+		"WEB_APP_SERVICE_PORT_HTTP=80",
+	}
+	render := func(env []*runtimeapi.KeyValue) []string {
+		var out []string
+		for _, kv := range env {
+			out = append(out, kv.Key+"="+kv.Value)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		links *bool
+		env   []corev1.EnvVar
+		want  []string
+	}{
+		{"links", nil, nil, append(append([]string{}, kubernetesVars...), webVars...)},
+		{"enableServiceLinks false", ptr.To(false), nil, kubernetesVars},
+		{"the container's env wins and may refer to them", ptr.To(false),
+			[]corev1.EnvVar{{Name: "KUBERNETES_SERVICE_PORT", Value: "8443"}, {Name: "API", Value: "$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"}},
+			append([]string{"KUBERNETES_SERVICE_PORT=8443", "API=10.96.0.1:8443"}, slices.DeleteFunc(slices.Clone(kubernetesVars), func(s string) bool {
+				return strings.HasPrefix(s, "KUBERNETES_SERVICE_PORT=")
+			})...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := testPod()
+			pod.Spec.EnableServiceLinks = tc.links
+			c := &pod.Spec.Containers[0]
+			c.Env = tc.env
+			cfg, err := containerConfig(pod, c, 0, "img", podNetwork{}, objects, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := render(cfg.Envs); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("env\n got  %q\n want %q", got, tc.want)
+			}
+		})
 	}
 }

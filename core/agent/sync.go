@@ -171,6 +171,7 @@ func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runt
 		return retry, nil
 	}
 	sbConfig := sandboxConfig(pod, 0, podLogDir(a.cfg.DataDir, pod))
+	sbConfig.DnsConfig = a.podDNS(pod)
 	if sb == nil || sb.State != runtimeapi.PodSandboxState_SANDBOX_READY {
 		recreate := true
 		if sb != nil && pod.Spec.RestartPolicy == corev1.RestartPolicyNever {

@@ -170,6 +170,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		closeAll()
 		return nil, err
 	}
+	go ensureDefaultServices(serveCtx, kubeconfig, handler.services.ranges.ClusterIPs, cfg.BindAddress, port, log) // defaultservices.go
 	log.Info("berth API server serving", "url", url, "kubeconfig", kubeconfig, "etcd", endpoints, "embedded", embedded != nil)
 
 	go func() {
