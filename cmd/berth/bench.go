@@ -57,8 +57,9 @@ func newBenchCommand() *cobra.Command {
 			klog.SetSlogLogger(slog.New(slog.DiscardHandler))
 		},
 	}
-	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand(), newBenchSchedulerCommand(), newBenchNodesCommand())
+	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand(), newBenchSchedulerCommand(), newBenchNodesCommand(), newBenchProxyCommand())
 	cmd.AddCommand(newBenchStartupCommand())
+	cmd.AddCommand(newBenchDNSCommand())
 	return cmd
 }
 

@@ -102,6 +102,8 @@ func runNodesBench(ctx context.Context, o nodesBenchOptions, out, logw io.Writer
 	if err != nil {
 		return err
 	}
+	// Printed now, so that a run whose pods do not all start still tells these.
+	fmt.Fprintf(logw, "%d nodes Ready %.1f s after start; RSS %s\n", o.nodes, nodesReady.Seconds(), megabytes(idle.rss))
 
 	var podsReady time.Duration
 	if o.replicas > 0 {
@@ -118,6 +120,9 @@ func runNodesBench(ctx context.Context, o nodesBenchOptions, out, logw io.Writer
 			return fmt.Errorf("create deployment: %w", err)
 		}
 		if err := waitUntilBench(ctx, o.timeout, "every pod runs and is Ready", deploymentDone(ctx, kube, o.replicas)); err != nil {
+			if d, gerr := kube.AppsV1().Deployments("bench").Get(ctx, "web", metav1.GetOptions{}); gerr == nil {
+				err = fmt.Errorf("%w (%d of %d pods available after %s)", err, d.Status.AvailableReplicas, o.replicas, time.Since(podStart).Round(time.Second))
+			}
 			return err
 		}
 		podsReady = time.Since(podStart)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -30,6 +31,10 @@ type upOptions struct {
 	nodes                              int
 	streamingAddr                      string
 	clientCA                           []byte // read from the server's kubeconfig
+	proxy                              bool   // the node proxy (containerd nodes only)
+	clusterCIDR                        string
+	dns                                nodeagent.DNSOptions // --cluster-dns nil: the kube-dns ClusterIP
+	networkConfig                      string               // the node's NetworkConfiguration file
 }
 
 // newUpCommand is `berth up`: a whole cluster in one process.
@@ -68,7 +73,12 @@ scheduling, controller and scale work on one machine.`,
 	f.StringVar(&o.nodeName, "node-name", "", "name of the node (the host name by default; simulated nodes are sim-0001 ...)")
 	f.StringVar(&o.podCIDR, "pod-cidr", containerd.DefaultPodCIDR, "the node's pod network (containerd only)")
 	f.StringVar(&o.nodeIP, "node-ip", "", "the node's InternalIP (the default route's address by default)")
+	f.StringVar(&o.networkConfig, "network-config", "", "NetworkConfiguration file choosing the pod network's CNI driver (bridge, ptp, custom); watched, applies to new pods (containerd started by berth only)")
 	f.StringVar(&o.streamingAddr, "streaming-address", agent.DefaultStreamingAddr, "host:port of the agent's HTTPS endpoint for logs, exec, attach and port-forward (simulated nodes listen on 127.0.0.1, each on a port of its own)")
+	f.BoolVar(&o.proxy, "proxy", true, "run the node proxy on the node: Service traffic through nftables (--runtime containerd only; simulated nodes have none)")
+	f.StringVar(&o.clusterCIDR, "cluster-cidr", "", "the cluster's pod network, for the proxy's masquerade decisions (empty: --pod-cidr)")
+	nodeagent.AddDNSFlags(f, &o.dns, nil)
+	f.Lookup("cluster-dns").Usage = "nameservers of pods with dnsPolicy ClusterFirst (default: the kube-dns Service's ClusterIP, the tenth address of --service-cluster-ip-range, 10.96.0.10); the node's agent runs the cluster DNS server; \"\" for none"
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	return cmd
 }
@@ -90,6 +100,13 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 		}
 	default:
 		return fmt.Errorf("--runtime %q: want containerd or sim", o.runtime)
+	}
+	if o.dns.ClusterDNS == nil && o.runtime == "containerd" {
+		cidr, err := netip.ParsePrefix(o.server.serviceCIDR)
+		if err != nil {
+			return fmt.Errorf("--service-cluster-ip-range %q: %w", o.server.serviceCIDR, err)
+		}
+		o.dns.ClusterDNS = []string{apiserver.DNSServiceIP(cidr).String()}
 	}
 	dataDir, err := filepath.Abs(o.dataDir)
 	if err != nil {
@@ -162,6 +179,8 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 			nodesDone <- nodeagent.Run(nodeCtx, nodeagent.Options{
 				Kube: kube, NodeName: o.nodeName, Endpoint: o.endpoint, DataDir: filepath.Join(dataDir, "agent"),
 				PodCIDR: o.podCIDR, NodeIP: o.nodeIP, ClientCA: o.clientCA, StreamingAddr: o.streamingAddr, Log: log,
+				Proxy: o.proxy, ServiceCIDR: o.server.serviceCIDR, ClusterCIDR: o.clusterCIDR, DNS: o.dns,
+				NetworkConfig: o.networkConfig,
 			})
 		}()
 	}

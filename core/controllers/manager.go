@@ -32,6 +32,7 @@ import (
 	"berth.dev/berth/core/controllers/nodelifecycle"
 	"berth.dev/berth/core/controllers/replicaset"
 	"berth.dev/berth/core/controllers/resourcequota"
+	"berth.dev/berth/core/controllers/servicelb"
 	"berth.dev/berth/core/controllers/statefulset"
 )
 
@@ -130,6 +131,9 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		}},
 		{"endpointslice", func(l *slog.Logger) (controller, error) {
 			return endpointslice.New(kube, kubeInformers, endpointslice.Options{Log: l, Recorder: recorder("endpointslice-controller")})
+		}},
+		{"servicelb", func(l *slog.Logger) (controller, error) {
+			return servicelb.New(kube, kubeInformers, servicelb.Options{Log: l})
 		}},
 		{"cronjob", func(l *slog.Logger) (controller, error) {
 			return cronjob.New(kube, kubeInformers, cronjob.Options{Log: l, Recorder: recorder("cronjob-controller")})

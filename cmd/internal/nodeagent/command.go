@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -15,6 +18,7 @@ import (
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/agent/images"
+	"berth.dev/berth/core/proxy"
 )
 
 // Command is the agent command, `berth agent` and `berth-agent`: the node agent, joining a
@@ -24,6 +28,10 @@ func Command(use string) *cobra.Command {
 		kubeconfig, nodeName, endpoint, dataDir, podCIDR, nodeIP string
 		streamingAddr                                            string
 		verbose                                                  bool
+		runProxy                                                 bool
+		serviceCIDR, clusterCIDR                                 string
+		dnsOpts                                                  DNSOptions
+		networkConfig                                            string
 	)
 	cmd := &cobra.Command{
 		Use:   use,
@@ -34,7 +42,8 @@ CRI runtime at --runtime-endpoint. Pod logs go under --data-dir/pods.
 
 Without --runtime-endpoint the agent starts a containerd of its own under
 --data-dir/containerd (CRI plugin with restrict_oom_score_adj, CNI network bridge +
-host-local over --pod-cidr + portmap), builds berth's busybox and pause images into
+host-local over --pod-cidr + portmap, or the driver --network-config chooses: see
+docs/network.md), builds berth's busybox and pause images into
 --data-dir/images when they are not there and imports every tarball of that folder, so
 that no registry is needed. That containerd stops with the agent; the containers keep
 running in their shims and are found again at the next start.`,
@@ -67,6 +76,8 @@ running in their shims and are found again at the next start.`,
 			return Run(cmd.Context(), Options{
 				Kube: kube, NodeName: nodeName, Endpoint: endpoint, DataDir: dataDir, PodCIDR: podCIDR,
 				NodeIP: nodeIP, ClientCA: clientCA, StreamingAddr: streamingAddr, Log: log,
+				Proxy: runProxy, ServiceCIDR: serviceCIDR, ClusterCIDR: clusterCIDR, DNS: dnsOpts,
+				NetworkConfig: networkConfig,
 			})
 		},
 	}
@@ -76,8 +87,11 @@ running in their shims and are found again at the next start.`,
 	f.StringVar(&endpoint, "runtime-endpoint", "", "CRI socket, unix:///path (empty: start containerd under --data-dir)")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/berth/agent", "directory for pod logs and, without --runtime-endpoint, containerd")
 	f.StringVar(&podCIDR, "pod-cidr", containerd.DefaultPodCIDR, "this node's pod network")
+	f.StringVar(&networkConfig, "network-config", "", "NetworkConfiguration file choosing the pod network's CNI driver (bridge, ptp, custom); watched, applies to new pods (own containerd only)")
 	f.StringVar(&nodeIP, "node-ip", "", "the node's InternalIP (the default route's address by default)")
 	f.StringVar(&streamingAddr, "streaming-address", agent.DefaultStreamingAddr, "host:port of the HTTPS endpoint the API server reaches for logs, exec, attach and port-forward")
+	AddProxyFlags(f, &runProxy, &serviceCIDR, &clusterCIDR)
+	AddDNSFlags(f, &dnsOpts, nil)
 	f.BoolVarP(&verbose, "verbose", "v", false, "log at debug level")
 	return cmd
 }
@@ -88,7 +102,7 @@ running in their shims and are found again at the next start.`,
 // its tarballs are missing or older than the binary; without the binary it is left out,
 // since no pod needs it to run. A containerd that started is returned even with an error,
 // for the caller to stop.
-func startOwnContainerd(ctx context.Context, dataDir, podCIDR string) (*containerd.Process, error) {
+func startOwnContainerd(ctx context.Context, dataDir, podCIDR, networkConfig string, log *slog.Logger) (*containerd.Process, error) {
 	imagesDir := filepath.Join(dataDir, "images")
 	if _, err := os.Stat(filepath.Join(imagesDir, images.PauseFile)); errors.Is(err, os.ErrNotExist) {
 		if _, err := images.BuildAll(imagesDir, images.DefaultBusyboxPath); err != nil {
@@ -102,7 +116,7 @@ func startOwnContainerd(ctx context.Context, dataDir, podCIDR string) (*containe
 	}
 	proc, err := containerd.Start(ctx, containerd.Config{
 		DataDir: filepath.Join(dataDir, "containerd"), SandboxImage: images.PauseRef, PodCIDR: podCIDR,
-		Output: os.Stderr,
+		Output: os.Stderr, NetworkConfig: networkConfig, Log: log,
 	})
 	if err != nil {
 		return nil, err
@@ -120,3 +134,43 @@ func startOwnContainerd(ctx context.Context, dataDir, podCIDR string) (*containe
 	}
 	return proc, nil
 }
+
+// AddProxyFlags adds the node proxy's flags (--proxy, --service-cidr, --cluster-cidr).
+func AddProxyFlags(f *pflag.FlagSet, run *bool, serviceCIDR, clusterCIDR *string) {
+	f.BoolVar(run, "proxy", true, "run the node proxy: Service traffic through nftables (table ip berth-proxy)")
+	f.StringVar(serviceCIDR, "service-cidr", proxy.DefaultServiceCIDR, "the API server's range of ClusterIPs, for the node proxy")
+	f.StringVar(clusterCIDR, "cluster-cidr", "", "the cluster's pod network: ClusterIP traffic from outside it is masqueraded (empty: --pod-cidr)")
+}
+
+// AddDNSFlags adds the agent's DNS flags to f: --cluster-dns (clusterDNS its default),
+// --cluster-domain, --resolv-conf, --dns-listen and --dns-server.
+func AddDNSFlags(f *pflag.FlagSet, o *DNSOptions, clusterDNS []string) {
+	f.StringSliceVar(&o.ClusterDNS, "cluster-dns", clusterDNS, "nameservers of pods with dnsPolicy ClusterFirst, normally the kube-dns Service's ClusterIP (10.96.0.10); when set, the agent also runs the cluster DNS server; empty: such pods get the host's resolv.conf")
+	f.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
+	f.StringVar(&o.ResolvConf, "resolv-conf", "/etc/resolv.conf", "the host's resolver file: what dnsPolicy Default pods get, and where the DNS server forwards names outside the cluster domain")
+	f.StringSliceVar(&o.DNSListen, "dns-listen", nil, "host:port addresses of the node's DNS server, the first one published in the kube-dns Service (default: port 53 of the node IP and of the pod network's gateway)")
+	f.Var(negatedBool{&o.NoDNSServer}, "dns-server", "run the cluster DNS server in this agent when --cluster-dns is set")
+	f.Lookup("dns-server").NoOptDefVal = "true"
+}
+
+// negatedBool is a bool flag kept inverted, so that the option's zero value is the flag's
+// default, true.
+type negatedBool struct{ no *bool }
+
+func (b negatedBool) String() string {
+	if b.no == nil {
+		return "true"
+	}
+	return strconv.FormatBool(!*b.no)
+}
+
+func (b negatedBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*b.no = !v
+	return nil
+}
+
+func (negatedBool) Type() string { return "bool" }

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"berth.dev/berth/core/agent"
+	"berth.dev/berth/core/proxy"
 )
 
 // Options are what one node of `berth agent` or `berth up` is told.
@@ -25,6 +27,24 @@ type Options struct {
 	ClientCA      []byte
 	StreamingAddr string
 	Log           *slog.Logger
+	// Proxy runs the node proxy (core/proxy) beside the agent, with the range of
+	// ClusterIPs and the cluster's pod network (for masquerade decisions; empty: PodCIDR).
+	Proxy                    bool
+	ServiceCIDR, ClusterCIDR string
+	// DNS is the pods' DNS and the node's DNS server (--cluster-dns and the flags with it).
+	DNS DNSOptions
+	// NetworkConfig is the node's NetworkConfiguration file (--network-config), for the
+	// containerd the agent starts; empty: the bridge driver.
+	NetworkConfig string
+}
+
+// DNSOptions are the agent's DNS settings (agent.Config's fields of the same names).
+type DNSOptions struct {
+	ClusterDNS    []string
+	ClusterDomain string
+	ResolvConf    string
+	DNSListen     []string
+	NoDNSServer   bool
 }
 
 // KubeconfigCA is the certificate authority of a client configuration: the cluster CA,
@@ -49,7 +69,7 @@ func Run(ctx context.Context, o Options) error {
 	defer stopRuntime()
 	var runtimeDone <-chan struct{}
 	if o.Endpoint == "" {
-		proc, err := startOwnContainerd(rtCtx, o.DataDir, o.PodCIDR)
+		proc, err := startOwnContainerd(rtCtx, o.DataDir, o.PodCIDR, o.NetworkConfig, o.Log)
 		if proc != nil {
 			defer func() {
 				stopRuntime()
@@ -69,12 +89,36 @@ func Run(ctx context.Context, o Options) error {
 		Kube: o.Kube, NodeName: o.NodeName, RuntimeEndpoint: o.Endpoint,
 		DataDir: o.DataDir, PodCIDR: o.PodCIDR, NodeIP: o.NodeIP, Log: o.Log.With("component", "agent"),
 		ClientCA: o.ClientCA, StreamingAddr: o.StreamingAddr,
+		ClusterDNS: o.DNS.ClusterDNS, ClusterDomain: o.DNS.ClusterDomain, ResolvConf: o.DNS.ResolvConf,
+		DNSListen: o.DNS.DNSListen, NoDNSServer: o.DNS.NoDNSServer,
 	})
 	if err != nil {
 		return err
 	}
 	actx, stop := context.WithCancel(ctx)
 	defer stop()
+	if o.Proxy {
+		proxyDone, err := startProxy(actx, o)
+		if err != nil {
+			return err
+		}
+		// The proxy stops with the agent; a proxy that fails stops the node.
+		defer func() {
+			stop()
+			<-proxyDone
+		}()
+		go func() {
+			select {
+			case err := <-proxyDone:
+				if err != nil {
+					o.Log.Error("proxy", "err", err)
+				}
+				stop()
+				proxyDone <- err
+			case <-actx.Done():
+			}
+		}()
+	}
 	if runtimeDone != nil {
 		// containerd dying takes the agent down with an error rather than leaving a node
 		// that reports Ready with nothing behind it.
@@ -95,4 +139,30 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 	return err
+}
+
+// startProxy starts the node proxy until ctx ends; the returned channel gets its result.
+func startProxy(ctx context.Context, o Options) (chan error, error) {
+	svcCIDR, err := netip.ParsePrefix(o.ServiceCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("--service-cidr %q: %w", o.ServiceCIDR, err)
+	}
+	clusterCIDR := o.ClusterCIDR
+	if clusterCIDR == "" {
+		clusterCIDR = o.PodCIDR
+	}
+	cluster, err := netip.ParsePrefix(clusterCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("--cluster-cidr %q: %w", clusterCIDR, err)
+	}
+	p, err := proxy.New(proxy.Config{
+		Kube: o.Kube, NodeName: o.NodeName, ServiceCIDR: svcCIDR, ClusterCIDR: cluster,
+		Log: o.Log.With("component", "proxy"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	return done, nil
 }
