@@ -97,6 +97,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	actx, stop := context.WithCancel(ctx)
 	defer stop()
+	// proxyFailed gets why the proxy stopped before the node did.
+	proxyFailed := make(chan error, 1)
 	if o.Proxy {
 		proxyDone, err := startProxy(actx, o)
 		if err != nil {
@@ -110,8 +112,12 @@ func Run(ctx context.Context, o Options) error {
 		go func() {
 			select {
 			case err := <-proxyDone:
+				if err == nil && actx.Err() == nil {
+					err = errors.New("it stopped by itself")
+				}
 				if err != nil {
 					o.Log.Error("proxy", "err", err)
+					proxyFailed <- err
 				}
 				stop()
 				proxyDone <- err
@@ -131,6 +137,13 @@ func Run(ctx context.Context, o Options) error {
 		}()
 	}
 	err = a.Run(actx)
+	if ctx.Err() == nil {
+		select {
+		case perr := <-proxyFailed:
+			return errors.Join(fmt.Errorf("the node proxy failed, so the node stopped: %w", perr), err)
+		default:
+		}
+	}
 	if runtimeDone != nil && ctx.Err() == nil {
 		select {
 		case <-runtimeDone:
