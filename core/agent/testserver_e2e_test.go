@@ -162,9 +162,18 @@ func TestTestserverImageOnContainerd(t *testing.T) {
 	conn.Close()
 
 	// The server logs a line per request to stdout, which the runtime keeps as the log.
+	// The runtime copies the container's output to the file on its own time: poll.
 	logFile := filepath.Join(dir, "agent", "pods", "default_"+pod.Name+"_"+string(pod.UID), "main", "0.log")
-	if data, err := os.ReadFile(logFile); err != nil || !strings.Contains(string(data), "GET /hostname 200") || !strings.Contains(string(data), "GET /healthz 200") {
-		t.Errorf("container log %s: %v\n%s", logFile, err, data)
+	var data []byte
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		data, err = os.ReadFile(logFile)
+		if err == nil && strings.Contains(string(data), "GET /hostname 200") && strings.Contains(string(data), "GET /healthz 200") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("container log %s after 10 s: %v\n%s", logFile, err, data)
+			break
+		}
 	}
 	step("pod answered on its IP")
 
