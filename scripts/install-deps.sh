@@ -31,6 +31,8 @@ GO_TOOLS=(
 	# version, protoc-gen-go-grpc at a release whose code needs no newer grpc than go.mod's.
 	"protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.6"
 	"protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1"
+	# Kubernetes' CSI sanity suite, which cross-checks berth's CSI suite (test/conformance).
+	"csi-sanity github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0"
 )
 
 # kubectl builds the integration tests drive; they come with the machine image.

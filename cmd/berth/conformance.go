@@ -6,9 +6,11 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"berth.dev/berth/conformance/cni"
 	"berth.dev/berth/conformance/cri"
+	"berth.dev/berth/conformance/csi"
 )
 
 // errTestsFailed makes the command exit non-zero once the report is out; the lines
@@ -24,6 +26,7 @@ func newConformanceCommand() *cobra.Command {
 	}
 	cmd.AddCommand(newConformanceCRICommand())
 	cmd.AddCommand(newConformanceCNICommand())
+	cmd.AddCommand(newConformanceCSICommand())
 	return cmd
 }
 
@@ -171,6 +174,85 @@ N skipped"; the command exits non-zero when a test fails.`, cni.NamespacePrefix)
 	f.StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
 	f.StringVar(&jsonFile, "json", "", "write a JSON report to this file")
 	f.DurationVar(&cfg.Timeout, "timeout", cni.DefaultTimeout, "timeout of each test")
+	f.BoolVar(&list, "list", false, "list the tests --focus and --skip select, and run none")
+	return cmd
+}
+
+// newConformanceCSICommand is `berth conformance csi`.
+func newConformanceCSICommand() *cobra.Command {
+	var cfg csi.Config
+	var junit, jsonFile, size string
+	var list bool
+	cmd := &cobra.Command{
+		Use:   "csi --endpoint unix:///path/to/csi.sock",
+		Short: "Run the CSI conformance suite against a CSI driver",
+		Long: fmt.Sprintf(`Run berth's CSI conformance suite against the CSI driver at --endpoint, as berth's
+agent and sidecars use it: identity and capabilities, CreateVolume and DeleteVolume
+(arguments, idempotence, capacity), ListVolumes paging, GetCapacity accounting,
+expansion, snapshots and restores, ControllerPublish, and on the node stage, publish,
+unpublish and unstage (arguments, idempotence, one mount each, read-only, shared data),
+volume stats, node expansion, raw block volumes, deleting a published volume and
+concurrent calls. A test of a capability the driver does not declare checks that the
+RPC fails and is skipped.
+
+It must run on the driver's node, as root for the node tests. Volumes and snapshots are
+named %s<run>-... and everything a test makes is undone after it. One line per test,
+then "N passed, N failed, N skipped"; the command exits non-zero when a test fails.`, csi.NamePrefix),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			if list {
+				ts, err := csi.Select(csi.Tests(), cfg.Focus, cfg.Skip)
+				if err != nil {
+					return err
+				}
+				for _, t := range ts {
+					fmt.Fprintln(out, t.Name)
+				}
+				return nil
+			}
+			if cfg.Endpoint == "" {
+				return errors.New("--endpoint is required (the driver's CSI socket, e.g. unix:///var/lib/berth/plugins_registry/local.csi.berth.dev.sock)")
+			}
+			q, err := resource.ParseQuantity(size)
+			if err != nil || q.Value() <= 0 {
+				return fmt.Errorf("--size %q: want a positive quantity such as 64Mi", size)
+			}
+			cfg.Size = q.Value()
+			cfg.Output = out
+			report, err := csi.Run(cmd.Context(), cfg)
+			if report != nil {
+				if junit != "" {
+					if werr := report.WriteFile(junit, (*csi.Report).WriteJUnit); werr != nil {
+						return werr
+					}
+				}
+				if jsonFile != "" {
+					if werr := report.WriteFile(jsonFile, (*csi.Report).WriteJSON); werr != nil {
+						return werr
+					}
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if !report.OK() {
+				return errTestsFailed
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Endpoint, "endpoint", "", "the driver's CSI endpoint (unix:///path/to/csi.sock)")
+	f.StringVar(&cfg.StagingDir, "staging-dir", "", "directory for the staging paths (a temporary directory when empty)")
+	f.StringVar(&cfg.TargetDir, "target-dir", "", "directory for the target paths (a temporary directory when empty)")
+	f.StringToStringVar(&cfg.Parameters, "param", nil, "a CreateVolume parameter k=v (repeatable), as a storage class's parameters")
+	f.StringVar(&size, "size", "64Mi", "size of the volumes the suite creates")
+	f.StringVar(&cfg.Focus, "focus", "", "run only the tests whose names match this regular expression")
+	f.StringVar(&cfg.Skip, "skip", "", "skip the tests whose names match this regular expression")
+	f.StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
+	f.StringVar(&jsonFile, "json", "", "write a JSON report to this file")
+	f.DurationVar(&cfg.Timeout, "timeout", csi.DefaultTimeout, "timeout of each test")
 	f.BoolVar(&list, "list", false, "list the tests --focus and --skip select, and run none")
 	return cmd
 }
