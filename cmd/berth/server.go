@@ -14,6 +14,7 @@ import (
 
 	"berth.dev/berth/cmd/internal/logging"
 	"berth.dev/berth/core/apiserver"
+	"berth.dev/berth/core/apiserver/admissionplugins"
 	"berth.dev/berth/core/controllers"
 	"berth.dev/berth/core/election"
 	"berth.dev/berth/core/scheduler"
@@ -60,6 +61,7 @@ type serverOptions struct {
 	serviceCIDR, nodePorts       string
 	ctrlOpts                     controllers.Options
 	schedulerConfig              string
+	admissionConfig              string
 	log                          *slog.Logger
 }
 
@@ -76,6 +78,7 @@ func addServerFlags(f *pflag.FlagSet, o *serverOptions) {
 	addControllerFlags(f, &o.ctrlOpts)
 	f.BoolVar(&o.runScheduler, "scheduler", true, "run the scheduler in this process (elected through a Lease among servers)")
 	addSchedulerConfigFlag(f, &o.schedulerConfig)
+	f.StringVar(&o.admissionConfig, "admission-config", "", "admission plugins' configuration file (apiVersion "+admissionplugins.APIVersion+", kind "+admissionplugins.Kind+"): site policy plugins, their rules and failure policies")
 }
 
 // addSchedulerConfigFlag adds --scheduler-config, shared by server and scheduler.
@@ -98,6 +101,11 @@ func runServer(ctx context.Context, o serverOptions, up func(*apiserver.Server))
 	schedCfg, err := loadSchedulerConfig(o.schedulerConfig)
 	if err != nil {
 		return err
+	}
+	if o.admissionConfig != "" {
+		if o.cfg.Admission, err = admissionplugins.Load(o.admissionConfig); err != nil {
+			return err
+		}
 	}
 	o.cfg.Logger = o.log.With("component", "apiserver")
 	cidr, err := netip.ParsePrefix(o.serviceCIDR)

@@ -7,6 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"berth.dev/berth/core/registry"
+	"berth.dev/berth/plugins/admission"
 )
 
 // defaultTolerationSeconds is how long a pod stays on a node that became not-ready or
@@ -15,15 +16,20 @@ const defaultTolerationSeconds = 300
 
 // mutateCreate applies the mutating admission berth has, as Kubernetes' plugins of the same
 // name would, to an object about to be created (after defaulting, before validation):
-// LimitRanger's defaults and DefaultTolerationSeconds.
+// LimitRanger's defaults, DefaultTolerationSeconds, and DefaultStorageClass and
+// StorageObjectInUseProtection (admission_storage.go).
 func (h *Handler) mutateCreate(ctx context.Context, res *registry.Resource, obj runtime.Object) error {
 	if err := h.policies.mutateLimits(ctx, res, obj); err != nil {
+		return err
+	}
+	if err := h.mutateStorageCreate(ctx, obj); err != nil {
 		return err
 	}
 	if pod, ok := obj.(*corev1.Pod); ok {
 		addDefaultTolerations(pod, h.tolerationSeconds())
 	}
-	return nil
+	// Then the site's admission plugins (admission_external.go).
+	return h.mutateExternal(ctx, res, admission.Create, obj, nil)
 }
 
 // validateCreate applies the validating admission to a valid object about to be created:
@@ -31,6 +37,9 @@ func (h *Handler) mutateCreate(ctx context.Context, res *registry.Resource, obj 
 // quotas and so must come last.
 func (h *Handler) validateCreate(ctx context.Context, res *registry.Resource, obj runtime.Object, dry bool) error {
 	if err := h.policies.validateLimits(ctx, res, obj); err != nil {
+		return err
+	}
+	if err := h.validateExternal(ctx, res, admission.Create, obj, nil); err != nil {
 		return err
 	}
 	return h.policies.chargeQuota(ctx, res, obj, dry)

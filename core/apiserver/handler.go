@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"berth.dev/berth/core/apiserver/admissionplugins"
 	"berth.dev/berth/core/apiserver/openapi"
 	"berth.dev/berth/core/pki"
 	"berth.dev/berth/core/registry"
@@ -38,6 +39,8 @@ type Handler struct {
 	nodes *nodeClient
 	// authenticate returns the request's user; nil means every request is allowed (tests).
 	authenticate func(*http.Request) (pki.User, bool)
+	// admissionPlugins are the site's out-of-process admission plugins (nil: none).
+	admissionPlugins *admissionplugins.Host
 	// DefaultTolerationSeconds is what pods get as tolerations of the not-ready and
 	// unreachable taints when they have none (300 when zero); set it before serving.
 	DefaultTolerationSeconds int64
@@ -74,11 +77,17 @@ func NewHandler(ctx context.Context, store *storage.Store, authenticate func(*ht
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var user pki.User
 	if h.authenticate != nil && !isPublicPath(r.URL.Path) {
-		if _, ok := h.authenticate(r); !ok {
+		u, ok := h.authenticate(r)
+		if !ok {
 			writeError(w, apierrors.NewUnauthorized("Unauthorized"))
 			return
 		}
+		user = u
+	}
+	if h.admissionPlugins != nil {
+		r = withAdmissionInfo(r, user)
 	}
 	h.mux.ServeHTTP(w, r)
 }

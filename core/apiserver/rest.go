@@ -15,6 +15,7 @@ import (
 
 	"berth.dev/berth/core/registry"
 	"berth.dev/berth/core/storage"
+	"berth.dev/berth/plugins/admission"
 )
 
 // requestTimeout bounds one storage round trip of a request that is not a watch.
@@ -299,6 +300,9 @@ func (h *Handler) updateObject(ctx context.Context, res *registry.Resource, kind
 	switch kind {
 	case updateMain:
 		res.PrepareForUpdate(obj, current)
+		if err := h.mutateExternal(ctx, res, admission.Update, obj, current); err != nil {
+			return nil, 0, err
+		}
 		claimed, err := h.allocateService(ctx, obj, current)
 		if err != nil {
 			return nil, 0, err
@@ -309,6 +313,15 @@ func (h *Handler) updateObject(ctx context.Context, res *registry.Resource, kind
 			}
 		}()
 		errs = res.ValidateUpdate(obj, current)
+		if len(errs) == 0 {
+			// Validating admission of updates (PersistentVolumeClaimResize) runs on valid objects.
+			if err := h.validateStorageUpdate(ctx, res, obj, current); err != nil {
+				return nil, 0, err
+			}
+			if err := h.validateExternal(ctx, res, admission.Update, obj, current); err != nil {
+				return nil, 0, err
+			}
+		}
 	case updateStatus:
 		res.PrepareForStatusUpdate(obj, current)
 		errs = res.ValidateStatusUpdate(obj, current)

@@ -14,6 +14,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"berth.dev/berth/core/apiserver/admissionplugins"
 	"berth.dev/berth/core/pki"
 	"berth.dev/berth/core/storage"
 )
@@ -35,6 +36,9 @@ type Config struct {
 	// ServiceRanges are the ClusterIP CIDR and NodePort range (DefaultServiceRanges when zero).
 	ServiceRanges ServiceRanges
 	Logger        *slog.Logger
+	// Admission, when set, is the site's admission plugins' configuration (--admission-config):
+	// they are started before the API serves, and a plugin that does not start fails Start.
+	Admission *admissionplugins.Configuration
 }
 
 // Server is a running API server.
@@ -153,6 +157,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		closeAll()
 		return nil, err
 	}
+	if cfg.Admission != nil {
+		plugins, err := admissionplugins.Start(cfg.Admission, admissionplugins.Options{Log: log})
+		if err != nil {
+			stopServing()
+			client.Close()
+			closeAll()
+			return nil, err
+		}
+		handler.SetAdmissionPlugins(plugins)
+	}
 	srv := &http.Server{
 		Handler:           handler,
 		TLSConfig:         tlsConfig,
@@ -166,6 +180,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := bundle.WriteKubeconfig(kubeconfig, url); err != nil {
 		stopServing()
 		srv.Close()
+		handler.admissionPlugins.Close()
 		client.Close()
 		closeAll()
 		return nil, err
@@ -186,6 +201,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			srv.Close()
 		}
 		cancel()
+		handler.admissionPlugins.Close()
 		client.Close()
 		if embedded != nil {
 			if cerr := embedded.Close(); cerr != nil && err == nil {
