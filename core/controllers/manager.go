@@ -20,16 +20,19 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 
+	"berth.dev/berth/core/controllers/attachdetach"
 	"berth.dev/berth/core/controllers/cronjob"
 	"berth.dev/berth/core/controllers/daemonset"
 	"berth.dev/berth/core/controllers/deployment"
 	"berth.dev/berth/core/controllers/disruption"
 	"berth.dev/berth/core/controllers/endpoints"
 	"berth.dev/berth/core/controllers/endpointslice"
+	"berth.dev/berth/core/controllers/ephemeral"
 	"berth.dev/berth/core/controllers/garbagecollector"
 	"berth.dev/berth/core/controllers/job"
 	"berth.dev/berth/core/controllers/namespace"
 	"berth.dev/berth/core/controllers/nodelifecycle"
+	"berth.dev/berth/core/controllers/persistentvolume"
 	"berth.dev/berth/core/controllers/replicaset"
 	"berth.dev/berth/core/controllers/resourcequota"
 	"berth.dev/berth/core/controllers/servicelb"
@@ -137,6 +140,15 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 		}},
 		{"cronjob", func(l *slog.Logger) (controller, error) {
 			return cronjob.New(kube, kubeInformers, cronjob.Options{Log: l, Recorder: recorder("cronjob-controller")})
+		}},
+		{"attachdetach", func(l *slog.Logger) (controller, error) {
+			return attachdetach.New(kube, kubeInformers, attachdetach.Options{Log: l, Recorder: recorder("attachdetach-controller")})
+		}},
+		{"ephemeral", func(l *slog.Logger) (controller, error) {
+			return ephemeral.New(kube, kubeInformers, ephemeral.Options{Log: l, Recorder: recorder("ephemeral_volume")})
+		}},
+		{"persistentvolume", func(l *slog.Logger) (controller, error) {
+			return persistentvolume.New(kube, kubeInformers, persistentvolume.Options{Log: l, Recorder: recorder("persistentvolume-controller")})
 		}},
 	}
 	// berth server runs all of this only while it holds the Lease (core/election).
