@@ -55,7 +55,8 @@ func (s *Scheduler) addEventHandlers(factory informers.SharedInformerFactory) er
 		return fmt.Errorf("node informer: %w", err)
 	}
 	s.synced = append(s.synced, pods.Informer().HasSynced, nodes.Informer().HasSynced)
-	return nil
+	// Claims, volumes and CSI objects retry the pods VolumeBinding rejected (volumes.go).
+	return s.addVolumeEventHandlers(factory)
 }
 
 // pluginListers gives the in-tree plugins the cycle's snapshot and the listers they read:
@@ -73,6 +74,8 @@ func (s *Scheduler) pluginListers(factory informers.SharedInformerFactory) plugi
 			ReplicaSets:            apps.ReplicaSets().Lister(),
 			StatefulSets:           apps.StatefulSets().Lister(),
 		},
+		// VolumeBinding's claims, volumes, classes and CSI objects (volumes.go).
+		Volumes: s.volumeListers(factory),
 	}
 	s.synced = append(s.synced,
 		core.Namespaces().Informer().HasSynced, core.Services().Informer().HasSynced,

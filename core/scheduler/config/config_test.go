@@ -139,11 +139,11 @@ func TestMerge(t *testing.T) {
 	}{
 		{"defaults", "", "score", []string{"TaintToleration", "NodeAffinity", "NodeResourcesFit", "PodTopologySpread", "InterPodAffinity"},
 			map[string]int64{"TaintToleration": 3, "NodeAffinity": 2, "NodeResourcesFit": 1, "PodTopologySpread": 2, "InterPodAffinity": 2}},
-		{"default filters", "", "filter", []string{"NodeUnschedulable", "NodeName", "TaintToleration", "NodeAffinity", "NodePorts", "NodeResourcesFit", "PodTopologySpread", "InterPodAffinity"}, nil},
+		{"default filters", "", "filter", []string{"NodeUnschedulable", "NodeName", "TaintToleration", "NodeAffinity", "NodePorts", "NodeResourcesFit", "VolumeBinding", "PodTopologySpread", "InterPodAffinity"}, nil},
 		{"disable one at score", "    score:\n      disabled:\n      - name: NodeResourcesFit\n", "score",
 			[]string{"TaintToleration", "NodeAffinity", "PodTopologySpread", "InterPodAffinity"}, nil},
 		{"disabled at score stays at filter", "    score:\n      disabled:\n      - name: NodeResourcesFit\n", "filter",
-			[]string{"NodeUnschedulable", "NodeName", "TaintToleration", "NodeAffinity", "NodePorts", "NodeResourcesFit", "PodTopologySpread", "InterPodAffinity"}, nil},
+			[]string{"NodeUnschedulable", "NodeName", "TaintToleration", "NodeAffinity", "NodePorts", "NodeResourcesFit", "VolumeBinding", "PodTopologySpread", "InterPodAffinity"}, nil},
 		{"reweight at score moves it first", "    score:\n      enabled:\n      - name: NodeResourcesFit\n        weight: 5\n", "score",
 			[]string{"NodeResourcesFit", "TaintToleration", "NodeAffinity", "PodTopologySpread", "InterPodAffinity"}, map[string]int64{"NodeResourcesFit": 5}},
 		{"reweight at multiPoint keeps the order", "    multiPoint:\n      enabled:\n      - name: InterPodAffinity\n        weight: 7\n", "score",
@@ -152,7 +152,7 @@ func TestMerge(t *testing.T) {
 		{"star at multiPoint", "    multiPoint:\n      disabled:\n      - name: '*'\n      enabled:\n      - name: PrioritySort\n      - name: NodeResourcesFit\n      - name: DefaultBinder\n",
 			"filter", []string{"NodeResourcesFit"}, nil},
 		{"disabled at multiPoint", "    multiPoint:\n      disabled:\n      - name: InterPodAffinity\n      - name: PodTopologySpread\n", "preFilter",
-			[]string{"NodeAffinity", "NodePorts", "NodeResourcesFit"}, nil},
+			[]string{"NodeAffinity", "NodePorts", "NodeResourcesFit", "VolumeBinding"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

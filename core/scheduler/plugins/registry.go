@@ -29,6 +29,8 @@ type DefaultOptions struct {
 	Spread SpreadListers
 	// Scoring is NodeResourcesFit's strategy (LeastAllocated when empty); Args override it.
 	Scoring ScoringStrategy
+	// Volumes are what VolumeBinding reads; without them it rejects pods with claims.
+	Volumes VolumeListers
 }
 
 // NodeResourcesFitArgs are NodeResourcesFit's arguments (kube-scheduler's scoringStrategy).
@@ -107,6 +109,7 @@ var registry = map[string]Factory{
 	},
 	DefaultPreemptionName: noArgs(DefaultPreemptionName, func(o DefaultOptions) framework.Plugin { return NewDefaultPreemption(o.Preemption) }),
 	DefaultBinderName:     noArgs(DefaultBinderName, func(o DefaultOptions) framework.Plugin { return NewDefaultBinder(o.Client) }),
+	VolumeBindingName:     noArgs(VolumeBindingName, func(o DefaultOptions) framework.Plugin { return NewVolumeBinding(o.Client, o.Volumes) }),
 }
 
 // New makes the in-tree plugin called name.
@@ -152,6 +155,7 @@ func DefaultPlugins() []PluginWeight {
 		{NodeAffinityName, 2},
 		{NodePortsName, 0},
 		{NodeResourcesFitName, 1},
+		{VolumeBindingName, 0},
 		{PodTopologySpreadName, 2},
 		{InterPodAffinityName, 2},
 		{DefaultPreemptionName, 0},
