@@ -29,6 +29,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -41,6 +42,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/utils/clock"
 
+	"berth.dev/berth/core/agent/csi"
 	"berth.dev/berth/core/dns"
 )
 
@@ -93,6 +95,9 @@ type Config struct {
 	DNSListen []string
 	// NoDNSServer keeps the DNS server off while pods still use ClusterDNS.
 	NoDNSServer bool
+	// CSIPluginsDir is where CSI drivers' sockets are discovered
+	// (DataDir/plugins_registry when empty; see core/agent/csi).
+	CSIPluginsDir string
 }
 
 // Agent runs the pods of one node. Make it with New, then Run it.
@@ -136,6 +141,8 @@ type Agent struct {
 	// volumes caches the objects pods' volumes project and backs off failed mounts
 	// (volumes.go); its zero value is ready.
 	volumes volumeManager
+	// csi sets up CSI volumes and registers CSI drivers (csivolumes.go); made by Run.
+	csi *csi.Manager
 }
 
 // podState is what the agent knows of a pod that the runtime does not record.
@@ -291,6 +298,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
+	// CSI: the drivers' discovery and the node's record of their volumes, read before any
+	// pod's worker runs so that adopted pods find their volumes set up.
+	a.csi, err = csi.New(csi.Config{
+		Kube: a.cfg.Kube, NodeName: a.cfg.NodeName, DataDir: a.cfg.DataDir, PluginsDir: a.cfg.CSIPluginsDir,
+		Recorder: a.recorder, Log: a.log.With("component", "csi"),
+		// Pods waiting for a driver try again at once.
+		DriverRegistered: func(string) {
+			pods, _ := a.pods.List(labels.Everything())
+			for _, p := range pods {
+				a.queue.Add(p.Namespace + "/" + p.Name)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+
 	handlers := newProbeHandlers(a.runtime)
 	a.probes = newProber(ctx, proberConfig{
 		clock: clock.RealClock{},
@@ -319,6 +343,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { a.renewLease(gctx); return nil })
 	g.Go(func() error { a.postStatus(gctx); return nil })
 	g.Go(func() error { a.relist(gctx); return nil })
+	g.Go(func() error {
+		// Without CSI the node still runs pods that use no CSI volume.
+		if err := a.csi.Run(gctx); err != nil {
+			a.log.Error("CSI plugin manager stopped: no CSI driver is registered on this node", "err", err)
+		}
+		return nil
+	})
 	if a.streams != nil {
 		g.Go(func() error { return a.streams.serve(gctx) })
 	}

@@ -185,6 +185,11 @@ func containerConfig(pod *corev1.Pod, c *corev1.Container, attempt uint32, image
 	if err != nil {
 		return nil, err
 	}
+	// Block volumes (CSI, volumeMode Block) reach the container as devices (csivolumes.go).
+	devices, err := containerDevices(c, vols)
+	if err != nil {
+		return nil, err
+	}
 	mappingFunc := expansion.MappingFuncFor(mapping)
 	expand := func(in []string) []string {
 		if in == nil {
@@ -206,6 +211,7 @@ func containerConfig(pod *corev1.Pod, c *corev1.Container, attempt uint32, image
 		WorkingDir:  c.WorkingDir,
 		Envs:        envs,
 		Mounts:      mounts,
+		Devices:     devices,
 		Labels:      labels,
 		Annotations: map[string]string{"io.kubernetes.container.restartCount": strconv.Itoa(int(attempt))},
 		LogPath:     filepath.Join(c.Name, strconv.Itoa(int(attempt))+".log"),

@@ -162,6 +162,9 @@ func (a *Agent) updateNodeStatus(ctx context.Context) error {
 	node.Status.Addresses = a.nodeAddresses()
 	node.Status.NodeInfo = a.nodeInfo()
 	node.Status.DaemonEndpoints.KubeletEndpoint.Port = a.streams.port()
+	// The CSI volumes staged or published here, which the attach-detach controller
+	// must not detach (csivolumes.go).
+	node.Status.VolumesInUse = a.csiVolumesInUse()
 	node.Status.Phase = ""
 	if !nodeStatusChanged(old, &node.Status) && a.now().Sub(a.lastNodeReport) < nodeStatusReportInterval {
 		return nil

@@ -75,6 +75,8 @@ func (a *Agent) listenStreaming() (*streamServer, error) {
 	s.mux.HandleFunc("/exec/{namespace}/{pod}/{container}", s.serveExec)
 	s.mux.HandleFunc("/attach/{namespace}/{pod}/{container}", s.serveAttach)
 	s.mux.HandleFunc("/portForward/{namespace}/{pod}", s.servePortForward)
+	// The kubelet's summary API, with the stats of CSI volumes (csivolumes.go).
+	s.mux.HandleFunc("GET /stats/summary", a.serveStatsSummary)
 	s.ln = tls.NewListener(ln, &tls.Config{
 		Certificates: []tls.Certificate{serving},
 		MinVersion:   tls.VersionTLS12,

@@ -94,7 +94,7 @@ func (a *Agent) syncDeleted(ctx context.Context, key string, pod *corev1.Pod, sa
 	}
 	// Its containers are gone: unmount and remove its volumes before the pod object
 	// goes, as the kubelet does, so that nothing of a deleted pod is left behind.
-	if err := a.tearDownVolumes(pod.UID); err != nil {
+	if err := a.tearDownVolumes(ctx, pod.UID); err != nil {
 		return fmt.Errorf("pod %s: %w", key, err)
 	}
 	err := a.cfg.Kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
@@ -140,7 +140,7 @@ func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runt
 		}
 		// Nothing runs in it any more: its volumes go, as the kubelet unmounts those of
 		// terminated pods.
-		if err := a.tearDownVolumes(pod.UID); err != nil {
+		if err := a.tearDownVolumes(ctx, pod.UID); err != nil {
 			return 0, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
 		return 0, nil

@@ -38,6 +38,8 @@ import (
 	podresource "k8s.io/kubernetes/pkg/api/v1/resource"
 	"k8s.io/kubernetes/pkg/fieldpath"
 	"k8s.io/kubernetes/third_party/forked/golang/expansion"
+
+	"berth.dev/berth/core/agent/csi"
 )
 
 const (
@@ -85,6 +87,9 @@ type mountedVolume struct {
 	// readOnly: the kubelet mounts configMap, secret, downwardAPI and projected volumes
 	// read-only whatever the volumeMount says.
 	readOnly bool
+	// block: hostPath is a block device file for volumeDevices (a CSI volume of
+	// volumeMode Block), not a directory to mount.
+	block bool
 }
 
 // podVolumes are a pod's volumes that are set up, by volume name.
@@ -101,6 +106,9 @@ type volumeFailure struct {
 
 // message is the text of the FailedMount event, in the kubelet's words.
 func (f volumeFailure) message() string {
+	if msg, ok := csiFailureMessage(f.err); ok {
+		return msg // names the kubelet's operation and the PV itself
+	}
 	return fmt.Sprintf("MountVolume.SetUp failed for volume %q : %v", f.name, f.err)
 }
 
@@ -115,6 +123,9 @@ type volumeEnv struct {
 	// mountTmpfs mounts a tmpfs of size bytes (0: the kernel's default) on dir; nil is
 	// the real mount(2).
 	mountTmpfs func(dir string, size int64) error
+	// csi sets up persistentVolumeClaim, ephemeral and csi volumes (csivolumes.go); nil:
+	// they are not supported.
+	csi func(v *corev1.Volume) (mountedVolume, bool, error)
 }
 
 // setUpVolumes makes every volume of pod ready: directories made, tmpfs mounted, files
@@ -212,6 +223,9 @@ func setUpVolume(pod *corev1.Pod, v *corev1.Volume, env volumeEnv) (mv mountedVo
 		return writeVolume(dir, true, env, func(objects objectSource) (map[string]fileProjection, error) {
 			return projectedPayload(pod, src.Projected, objects, env.allocatable)
 		})
+	}
+	if env.csi != nil && csi.Handles(v) {
+		return env.csi(v)
 	}
 	return mv, false, fmt.Errorf("berth's agent does not support %s volumes yet", volumeType(src))
 }
@@ -499,6 +513,9 @@ func containerMounts(pod *corev1.Pod, c *corev1.Container, vols podVolumes, env 
 		v, ok := vols[vm.Name]
 		if !ok {
 			return nil, configErrorf("cannot find volume %q to mount into container %q", vm.Name, c.Name)
+		}
+		if v.block {
+			return nil, configErrorf("volume %q has volumeMode Block, but is specified in volumeMounts", vm.Name)
 		}
 		hostPath := v.hostPath
 		sub := vm.SubPath
@@ -864,6 +881,9 @@ func (a *Agent) setUpPodVolumes(ctx context.Context, pod *corev1.Pod, running bo
 	env := volumeEnv{
 		dataDir: a.cfg.DataDir,
 		objects: func(fresh bool) objectSource { return &volumeObjects{ctx: ctx, a: a, fresh: fresh} },
+		csi: func(v *corev1.Volume) (mountedVolume, bool, error) {
+			return a.setUpCSIVolume(ctx, pod, v)
+		},
 	}
 	for _, v := range pod.Spec.Volumes {
 		if v.DownwardAPI != nil || v.Projected != nil {
@@ -892,11 +912,15 @@ func (a *Agent) setUpPodVolumes(ctx context.Context, pod *corev1.Pod, running bo
 	return vols, true, 0, refresh
 }
 
-// tearDownVolumes removes a finished or deleted pod's volumes.
-func (a *Agent) tearDownVolumes(uid types.UID) error {
+// tearDownVolumes removes a finished or deleted pod's volumes: its CSI volumes are
+// unpublished through their drivers first, then the rest is unmounted and removed.
+func (a *Agent) tearDownVolumes(ctx context.Context, uid types.UID) error {
 	a.volumes.teardown.Lock()
 	defer a.volumes.teardown.Unlock()
 	a.volumes.succeeded(uid)
+	if err := a.tearDownCSIVolumes(ctx, uid); err != nil {
+		return err
+	}
 	return teardownPodVolumes(a.cfg.DataDir, uid)
 }
 
@@ -912,6 +936,10 @@ func (a *Agent) sweepVolumes(ctx context.Context) {
 		if e.IsDir() && !strings.Contains(e.Name(), "_") {
 			candidates = append(candidates, types.UID(e.Name()))
 		}
+	}
+	if a.csi != nil {
+		// Pods whose directory went while a CSI volume of theirs stayed published.
+		candidates = append(candidates, a.csi.PodUIDs()...)
 	}
 	if len(candidates) == 0 {
 		return
@@ -935,7 +963,7 @@ func (a *Agent) sweepVolumes(ctx context.Context) {
 		if live[uid] {
 			continue
 		}
-		if err := a.tearDownVolumes(uid); err != nil {
+		if err := a.tearDownVolumes(ctx, uid); err != nil {
 			a.log.Error("remove volumes of a pod gone", "uid", uid, "err", err)
 		}
 	}
