@@ -59,7 +59,7 @@ func newBenchCommand() *cobra.Command {
 	}
 	cmd.AddCommand(newBenchAPICommand(), newBenchWorkloadsCommand(), newBenchSchedulerCommand(), newBenchNodesCommand(), newBenchProxyCommand())
 	cmd.AddCommand(newBenchStartupCommand())
-	cmd.AddCommand(newBenchDNSCommand())
+	cmd.AddCommand(newBenchDNSCommand(), newBenchStorageCommand())
 	return cmd
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -32,6 +37,7 @@ type upOptions struct {
 	streamingAddr                      string
 	clientCA                           []byte // read from the server's kubeconfig
 	proxy                              bool   // the node proxy (containerd nodes only)
+	csiDriver, csiCapacity             string // the node's CSI driver (containerd nodes only)
 	clusterCIDR                        string
 	dns                                nodeagent.DNSOptions // --cluster-dns nil: the kube-dns ClusterIP
 	networkConfig                      string               // the node's NetworkConfiguration file
@@ -75,6 +81,7 @@ scheduling, controller and scale work on one machine.`,
 	f.StringVar(&o.nodeIP, "node-ip", "", "the node's InternalIP (the default route's address by default)")
 	f.StringVar(&o.networkConfig, "network-config", "", "NetworkConfiguration file choosing the pod network's CNI driver (bridge, ptp, custom); watched, applies to new pods (containerd started by berth only)")
 	f.StringVar(&o.streamingAddr, "streaming-address", agent.DefaultStreamingAddr, "host:port of the agent's HTTPS endpoint for logs, exec, attach and port-forward (simulated nodes listen on 127.0.0.1, each on a port of its own)")
+	nodeagent.AddCSIFlags(f, &o.csiDriver, &o.csiCapacity, "local")
 	f.BoolVar(&o.proxy, "proxy", true, "run the node proxy on the node: Service traffic through nftables (--runtime containerd only; simulated nodes have none)")
 	f.StringVar(&o.clusterCIDR, "cluster-cidr", "", "the cluster's pod network, for the proxy's masquerade decisions (empty: --pod-cidr)")
 	nodeagent.AddDNSFlags(f, &o.dns, nil)
@@ -162,6 +169,13 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 	}
 	o.clientCA = clientCA
 
+	if o.runtime == "containerd" && o.csiDriver == "local" {
+		if err := ensureLocalStorageClass(ctx, kube, log); err != nil {
+			stopServer()
+			return errors.Join(err, <-srvDone)
+		}
+	}
+
 	nodeCtx, stopNodes := context.WithCancel(ctx)
 	defer stopNodes()
 	nodesDone := make(chan error, 1)
@@ -180,7 +194,7 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 				Kube: kube, NodeName: o.nodeName, Endpoint: o.endpoint, DataDir: filepath.Join(dataDir, "agent"),
 				PodCIDR: o.podCIDR, NodeIP: o.nodeIP, ClientCA: o.clientCA, StreamingAddr: o.streamingAddr, Log: log,
 				Proxy: o.proxy, ServiceCIDR: o.server.serviceCIDR, ClusterCIDR: o.clusterCIDR, DNS: o.dns,
-				NetworkConfig: o.networkConfig,
+				NetworkConfig: o.networkConfig, CSIDriver: o.csiDriver, CSICapacity: o.csiCapacity,
 			})
 		}()
 	}
@@ -268,4 +282,34 @@ func startSimNodes(ctx context.Context, kube kubernetes.Interface, o upOptions, 
 	}
 	go func() { done <- g.Wait() }()
 	return names, nil
+}
+
+// localStorageClass is the StorageClass `berth up` makes for berth's CSI driver.
+const localStorageClass = "local"
+
+// ensureLocalStorageClass creates the StorageClass "local" of berth's CSI driver, marked
+// default, as k3s does with its local-path class (ADR 0013): Immediate binding, so that a
+// claim binds at once, volumes deleted with their claims, expansion allowed. A class of
+// that name that exists already is left as it is: the operator's choice wins, and so does
+// another default class the operator marked (the newest default is the one used).
+func ensureLocalStorageClass(ctx context.Context, kube kubernetes.Interface, log *slog.Logger) error {
+	immediate, del, expand := storagev1.VolumeBindingImmediate, corev1.PersistentVolumeReclaimDelete, true
+	sc := &storagev1.StorageClass{
+		ObjectMeta: metav1.ObjectMeta{Name: localStorageClass, Annotations: map[string]string{
+			"storageclass.kubernetes.io/is-default-class": "true",
+		}},
+		Provisioner:          nodeagent.LocalCSIDriverName,
+		VolumeBindingMode:    &immediate,
+		ReclaimPolicy:        &del,
+		AllowVolumeExpansion: &expand,
+	}
+	_, err := kube.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{})
+	switch {
+	case apierrors.IsAlreadyExists(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("create the default StorageClass %q: %w", localStorageClass, err)
+	}
+	log.Info("default StorageClass created", "name", localStorageClass, "provisioner", nodeagent.LocalCSIDriverName)
+	return nil
 }

@@ -32,6 +32,8 @@ func Command(use string) *cobra.Command {
 		serviceCIDR, clusterCIDR                                 string
 		dnsOpts                                                  DNSOptions
 		networkConfig                                            string
+		csiPluginsDir                                            string // CSI drivers' sockets
+		csiDriver, csiCapacity                                   string
 	)
 	cmd := &cobra.Command{
 		Use:   use,
@@ -77,7 +79,8 @@ running in their shims and are found again at the next start.`,
 				Kube: kube, NodeName: nodeName, Endpoint: endpoint, DataDir: dataDir, PodCIDR: podCIDR,
 				NodeIP: nodeIP, ClientCA: clientCA, StreamingAddr: streamingAddr, Log: log,
 				Proxy: runProxy, ServiceCIDR: serviceCIDR, ClusterCIDR: clusterCIDR, DNS: dnsOpts,
-				NetworkConfig: networkConfig,
+				NetworkConfig: networkConfig, CSIPluginsDir: csiPluginsDir,
+				CSIDriver: csiDriver, CSICapacity: csiCapacity,
 			})
 		},
 	}
@@ -87,6 +90,8 @@ running in their shims and are found again at the next start.`,
 	f.StringVar(&endpoint, "runtime-endpoint", "", "CRI socket, unix:///path (empty: start containerd under --data-dir)")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/berth/agent", "directory for pod logs and, without --runtime-endpoint, containerd")
 	f.StringVar(&podCIDR, "pod-cidr", containerd.DefaultPodCIDR, "this node's pod network")
+	AddCSIFlags(f, &csiDriver, &csiCapacity, "none")
+	f.StringVar(&csiPluginsDir, "csi-plugins-dir", "", "directory where CSI drivers' unix sockets are discovered (default --data-dir/plugins_registry)")
 	f.StringVar(&networkConfig, "network-config", "", "NetworkConfiguration file choosing the pod network's CNI driver (bridge, ptp, custom); watched, applies to new pods (own containerd only)")
 	f.StringVar(&nodeIP, "node-ip", "", "the node's InternalIP (the default route's address by default)")
 	f.StringVar(&streamingAddr, "streaming-address", agent.DefaultStreamingAddr, "host:port of the HTTPS endpoint the API server reaches for logs, exec, attach and port-forward")

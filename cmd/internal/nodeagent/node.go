@@ -36,6 +36,13 @@ type Options struct {
 	// NetworkConfig is the node's NetworkConfiguration file (--network-config), for the
 	// containerd the agent starts; empty: the bridge driver.
 	NetworkConfig string
+	// CSIPluginsDir is where CSI drivers' sockets are found (--csi-plugins-dir; empty:
+	// DataDir/plugins_registry).
+	CSIPluginsDir string
+	// CSIDriver names the CSI driver the node runs as its child: "local" for berth's own
+	// (bin/berth-csi-local, volumes under DataDir/csi-local), "" or "none" for none.
+	// CSICapacity is that driver's pool (--capacity; empty: the driver's default).
+	CSIDriver, CSICapacity string
 }
 
 // DNSOptions are the agent's DNS settings (agent.Config's fields of the same names).
@@ -85,12 +92,22 @@ func Run(ctx context.Context, o Options) error {
 		runtimeDone = proc.Done()
 		o.Log.Info("containerd started", "endpoint", o.Endpoint)
 	}
+	csiDone, err := startCSIDriver(rtCtx, &o)
+	if err != nil {
+		return err
+	}
+	// Deferred after the runtime's: runs first, after the agent is done.
+	defer func() {
+		stopRuntime()
+		<-csiDone
+	}()
 	a, err := agent.New(agent.Config{
 		Kube: o.Kube, NodeName: o.NodeName, RuntimeEndpoint: o.Endpoint,
 		DataDir: o.DataDir, PodCIDR: o.PodCIDR, NodeIP: o.NodeIP, Log: o.Log.With("component", "agent"),
 		ClientCA: o.ClientCA, StreamingAddr: o.StreamingAddr,
 		ClusterDNS: o.DNS.ClusterDNS, ClusterDomain: o.DNS.ClusterDomain, ResolvConf: o.DNS.ResolvConf,
 		DNSListen: o.DNS.DNSListen, NoDNSServer: o.DNS.NoDNSServer,
+		CSIPluginsDir: o.CSIPluginsDir,
 	})
 	if err != nil {
 		return err
