@@ -67,6 +67,10 @@ running in their shims and are found again at the next start.`,
 				return fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 			}
 			cfg.UserAgent = "berth-agent/" + nodeName
+			// kubelet's defaults since Kubernetes 1.27 (kubeAPIQPS 50, kubeAPIBurst 100);
+			// client-go's own 5/10 holds back pod status and the CSI sidecars' writes when
+			// many pods or claims arrive at once.
+			cfg.QPS, cfg.Burst = 50, 100
 			kube, err := kubernetes.NewForConfig(cfg)
 			if err != nil {
 				return fmt.Errorf("API client: %w", err)

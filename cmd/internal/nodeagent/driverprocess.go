@@ -88,8 +88,9 @@ func (d driverProcess) runOnce(ctx context.Context) error {
 	cmd := exec.Command(d.path, d.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C at the terminal reaches berth, which stops the
-	// driver itself after the agent is done with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// driver itself after the agent is done with it; Pdeathsig so that a berth killed
+	// hard does not leave it behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", d.path, err)
 	}

@@ -49,7 +49,8 @@ const DefaultResyncPeriod = 15 * time.Second
 
 // Options tune the controller; the zero value is ready to use.
 type Options struct {
-	// Workers per queue (claims, volumes); 2 when zero. Concurrent workers are safe: every
+	// Workers per queue (claims, volumes); 8 when zero (a burst of claims is a burst of
+	// API writes, each waiting on etcd). Concurrent workers are safe: every
 	// write carries the resourceVersion it was decided on, so two workers that pick the same
 	// volume for different claims cannot both succeed.
 	Workers int
@@ -89,7 +90,7 @@ const claimIndex = "persistentvolume.claim" // unique: other controllers share t
 // New builds the controller and registers its informers with factory.
 func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opts Options) (*Controller, error) {
 	if opts.Workers <= 0 {
-		opts.Workers = 2
+		opts.Workers = 8
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()

@@ -286,7 +286,10 @@ func (s *sidecar) runControllers(ctx context.Context) error {
 	if s.caps.createDelete {
 		p := &provisioner{s: s, recorder: provisionerRecorder, claims: pvcInformer.Lister(), volumes: pvInformer.Lister(), classes: classInformer.Lister()}
 		pq := newQueue("provisioner")
-		roles = append(roles, role{"provisioner", pq, reconcile.Func[string](p.sync), 4})
+		// Claims often come in bursts (a StatefulSet, a namespace's manifests); most of a
+		// provisioning is waiting on the driver and the API server, so many go at once
+		// (external-provisioner runs 100 workers).
+		roles = append(roles, role{"provisioner", pq, reconcile.Func[string](p.sync), 16})
 		if err := add(pvcInformer.Informer(), claimHandler(pq, p.wants)); err != nil {
 			return err
 		}
@@ -295,7 +298,7 @@ func (s *sidecar) runControllers(ctx context.Context) error {
 		}
 		d := &deleter{s: s, recorder: provisionerRecorder, volumes: pvInformer.Lister()}
 		dq := newQueue("deleter")
-		roles = append(roles, role{"deleter", dq, reconcile.Func[string](d.sync), 2})
+		roles = append(roles, role{"deleter", dq, reconcile.Func[string](d.sync), 8})
 		if err := add(pvInformer.Informer(), volumeHandler(dq, d.wants)); err != nil {
 			return err
 		}
