@@ -9,7 +9,8 @@ set -euo pipefail
 # Debian packages. etcd-server is the external etcd the tests run against; the rest are
 # for the node agent and `berth up` (containerd, runc, CNI reference plugins, iptables,
 # iproute2) and for building local images (busybox-static); protobuf-compiler (protoc)
-# generates the Go code of specs/**/*.proto (scripts/check-protos.sh).
+# generates the Go code of specs/**/*.proto (scripts/check-protos.sh); e2fsprogs and
+# util-linux (mkfs.ext4, resize2fs, e2fsck, losetup) for berth's CSI driver.
 # Never add kubernetes-client: it conflicts with the kubectl builds listed below.
 APT_PACKAGES=(
 	etcd-server
@@ -20,6 +21,8 @@ APT_PACKAGES=(
 	iproute2
 	busybox-static
 	protobuf-compiler
+	e2fsprogs
+	util-linux
 )
 
 # Go tools, installed with `go install` into $(go env GOPATH)/bin: binary name and module

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -316,5 +318,52 @@ func TestStateFile(t *testing.T) {
 	}
 	if d.available() != DefaultCapacity-4*mi {
 		t.Errorf("available = %d, want pool minus volume a and snapshot s", d.available())
+	}
+}
+
+// Concurrent changes are all on disk when their update calls return, though saves are
+// shared among them (group commit).
+func TestStoreGroupCommitKeepsEveryChange(t *testing.T) {
+	dir := t.TempDir()
+	s, err := loadStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("v%02d", i)
+			errs <- s.update(func(st *stateFile) error {
+				st.Volumes[id] = &volume{ID: id, Name: id}
+				return nil
+			})
+			// Once update returned, a fresh load must see this change.
+			again, err := loadStore(dir)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if again.getVolume(id) == nil {
+				errs <- fmt.Errorf("volume %s not on disk after its update returned", id)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	final, err := loadStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(final.st.Volumes); got != n {
+		t.Errorf("%d volumes on disk, want %d", got, n)
 	}
 }
