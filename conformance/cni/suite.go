@@ -8,8 +8,8 @@
 // IPAM that hands out no address twice and takes back what DEL releases, and errors in
 // the spec's format for bad input.
 //
-// It has the shape of conformance/cri: a table of named tests, each a func(ctx, *T), run
-// one after the other; every namespace a test makes is named after the run and removed
+// It has the shape of berth's other suites (conformance/internal/harness): a table of
+// named tests, each a func(ctx, *T), run one after the other; every namespace a test makes is named after the run and removed
 // at the end of the test (with a DEL of whatever it added), and a final sweep removes
 // whatever a test left. It must run as root on the host whose network the plugins
 // change; it never sends traffic anywhere.
@@ -30,6 +30,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
+	"berth.dev/berth/conformance/internal/harness"
 	"berth.dev/berth/conformance/internal/report"
 )
 
@@ -46,8 +47,6 @@ const (
 
 	// cleanupTimeout bounds the removal of one test's attachments and namespaces.
 	cleanupTimeout = 2 * time.Minute
-	// hangGrace is how long a test that ran past its timeout gets to return.
-	hangGrace = 15 * time.Second
 )
 
 // Config is one run of the suite.
@@ -300,13 +299,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Suite: "cni", BinDir: cfg.BinDir, ConfFile: cfg.ConfFile, Network: list.Name, Version: list.CNIVersion,
 		Plugins: plugins, RunID: cfg.RunID, Started: time.Now(),
 	}
+	var hts []harness.Test
 	for _, test := range sel.Filter(tests) {
-		if ctx.Err() != nil {
-			break
-		}
-		res := s.runTest(ctx, test)
+		hts = append(hts, s.harnessTest(test))
+	}
+	for _, res := range s.runner().Run(ctx, hts) {
 		rep.add(res)
-		fmt.Fprintln(cfg.Output, res.Line())
 	}
 	if msg := s.sweep(ctx); msg != "" {
 		rep.Leftovers = msg
@@ -329,53 +327,18 @@ type suite struct {
 	seq      int // namespaces made so far; the tests run one at a time
 }
 
-// runTest runs one test in a goroutine of its own, so that Fatalf and Skipf can end it
-// with runtime.Goexit as testing.T does, then runs its cleanups.
-func (s *suite) runTest(parent context.Context, test Test) report.Result {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(parent, s.cfg.Timeout)
-	defer cancel()
-	t := &T{suite: s, name: test.Name}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer func() {
-			// A bug in a test must not take the whole run (or berth's CLI) down.
-			if r := recover(); r != nil {
-				t.fail(fmt.Sprintf("panic: %v", r))
-			}
-		}()
-		test.Func(ctx, t)
-	}()
-	hung := false
-	select {
-	case <-done:
-	case <-ctx.Done():
-		select {
-		case <-done:
-		case <-time.After(hangGrace):
-			// Plugins run under ctx, so this means one ignored its kill; the goroutine
-			// ends when it does.
-			hung = true
-		}
-	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) && !t.skipped {
-		t.fail(fmt.Sprintf("timed out after %s", s.cfg.Timeout))
-	}
-	if hung {
-		t.fail("the test did not return within " + hangGrace.String() + " of its timeout")
-	}
-	t.runCleanups(parent)
-	res := report.Result{Name: test.Name, Duration: time.Since(start), Messages: t.messages(), Logs: t.logLines()}
-	switch {
-	case t.failed():
-		res.Status = report.StatusFail
-	case t.skipped:
-		res.Status = report.StatusSkip
-	default:
-		res.Status = report.StatusPass
-	}
-	return res
+// runner runs the tests one after the other, each under cfg.Timeout. A cleanup that
+// cannot remove what its test made only logs: the sweep tries again and reports
+// leftovers, and a plugin's failing DEL is what del/* judge, not every test.
+func (s *suite) runner() harness.Runner {
+	return harness.Runner{Timeout: s.cfg.Timeout, CleanupTimeout: cleanupTimeout, Output: s.cfg.Output}
+}
+
+// harnessTest is test as the runner runs it, with a T of the suite's.
+func (s *suite) harnessTest(test Test) harness.Test {
+	return harness.Test{Name: test.Name, Func: func(ctx context.Context, ht *harness.T) {
+		test.Func(ctx, &T{T: ht, suite: s})
+	}}
 }
 
 // sweep removes the namespaces of this run that are left (a cleanup that failed, a test

@@ -3,123 +3,27 @@ package cni
 import (
 	"context"
 	"fmt"
-	"runtime"
-	"sync"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+
+	"berth.dev/berth/conformance/internal/harness"
 )
 
-// T is what a test gets: the run's configuration, the network, and the testing.T-like
-// reporting calls. Errorf records a failure and goes on, Fatalf and Skipf end the test
-// (they must be called from the test's goroutine), and Cleanup registers what runs
-// after the test, failed or not, last registered first.
+// T is what a test gets: harness.T's testing.T-like reporting calls (Errorf records a
+// failure and goes on, Fatalf and Skipf end the test, Cleanup registers what runs after
+// it, last registered first), the run's configuration and network, and the CNI verbs on
+// attachments of the suite's own.
 type T struct {
+	*harness.T
 	suite *suite
-	name  string
-
-	mu       sync.Mutex
-	errs     []string
-	logs     []string
-	skipped  bool
-	skipMsg  string
-	cleanups []func(ctx context.Context)
 }
-
-// Name is the test's name.
-func (t *T) Name() string { return t.name }
 
 // Config is the run's configuration, defaults filled in.
 func (t *T) Config() Config { return t.suite.cfg }
 
 // Network is the network configuration under test, as a list.
 func (t *T) Network() *libcni.NetworkConfigList { return t.suite.list }
-
-// Errorf records a failure; the test goes on.
-func (t *T) Errorf(format string, args ...any) { t.fail(fmt.Sprintf(format, args...)) }
-
-// Fatalf records a failure and ends the test.
-func (t *T) Fatalf(format string, args ...any) {
-	t.fail(fmt.Sprintf(format, args...))
-	runtime.Goexit()
-}
-
-// Skipf marks the test skipped with a reason and ends it. Failures recorded before
-// still fail it.
-func (t *T) Skipf(format string, args ...any) {
-	t.mu.Lock()
-	t.skipped = true
-	t.skipMsg = fmt.Sprintf(format, args...)
-	t.mu.Unlock()
-	runtime.Goexit()
-}
-
-// Logf records a line that the reports keep with the test's result.
-func (t *T) Logf(format string, args ...any) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.logs = append(t.logs, fmt.Sprintf(format, args...))
-}
-
-// Cleanup registers f to run after the test with a context of its own, so that it runs
-// even when the test ran out of time.
-func (t *T) Cleanup(f func(ctx context.Context)) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.cleanups = append(t.cleanups, f)
-}
-
-func (t *T) fail(msg string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.errs = append(t.errs, msg)
-}
-
-func (t *T) failed() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.errs) > 0
-}
-
-func (t *T) messages() []string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.errs) > 0 {
-		return append([]string(nil), t.errs...)
-	}
-	if t.skipped {
-		return []string{t.skipMsg}
-	}
-	return nil
-}
-
-func (t *T) logLines() []string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return append([]string(nil), t.logs...)
-}
-
-// runCleanups runs the registered cleanups, last first. A cleanup that cannot remove
-// what the test made only logs: the final sweep tries again and reports leftovers, and
-// a plugin's failing DEL is what del/* tests judge, not every test.
-func (t *T) runCleanups(parent context.Context) {
-	t.mu.Lock()
-	cleanups := t.cleanups
-	t.cleanups = nil
-	t.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), cleanupTimeout)
-	defer cancel()
-	for i := len(cleanups) - 1; i >= 0; i-- {
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					t.fail(fmt.Sprintf("cleanup: panic: %v", r))
-				}
-			}()
-			cleanups[i](ctx)
-		}()
-	}
-}
 
 // Attachment is one container's attachment to the network: a namespace of the suite's
 // and, once added, the result ADD returned.

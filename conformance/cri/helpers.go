@@ -45,8 +45,8 @@ func withPortMappings(pm ...*runtimeapi.PortMapping) sandboxOption {
 // sandboxConfig is a sandbox config as the kubelet would send it for a pod of the
 // suite, with the run's labels and a log directory of the test's own.
 func (t *T) sandboxConfig(opts ...sandboxOption) *runtimeapi.PodSandboxConfig {
-	n := t.next()
-	name := fmt.Sprintf("%s-%d", labelValue(t.name), n)
+	n := t.Seq()
+	name := fmt.Sprintf("%s-%d", labelValue(t.Name()), n)
 	uid := fmt.Sprintf("%s-%s", t.suite.cfg.RunID, name)
 	podNS := &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD}
 	c := &runtimeapi.PodSandboxConfig{
@@ -54,7 +54,7 @@ func (t *T) sandboxConfig(opts ...sandboxOption) *runtimeapi.PodSandboxConfig {
 		Hostname:     fmt.Sprintf("cri-%d-%s", n, t.suite.cfg.RunID),
 		LogDirectory: t.TempDir(),
 		Labels: map[string]string{
-			RunLabel: t.suite.cfg.RunID, TestLabel: labelValue(t.name),
+			RunLabel: t.suite.cfg.RunID, TestLabel: labelValue(t.Name()),
 			"io.kubernetes.pod.name": name, "io.kubernetes.pod.namespace": Namespace, "io.kubernetes.pod.uid": uid,
 		},
 		Annotations: map[string]string{"conformance.berth.dev/suite": "cri"},
@@ -115,14 +115,14 @@ func withStdinOnce() containerOption {
 
 // containerConfig is a container config of the suite's image running command.
 func (t *T) containerConfig(command []string, opts ...containerOption) *runtimeapi.ContainerConfig {
-	name := fmt.Sprintf("c%d", t.next())
+	name := fmt.Sprintf("c%d", t.Seq())
 	c := &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: name, Attempt: 0},
 		Image:    &runtimeapi.ImageSpec{Image: t.suite.cfg.Image},
 		Command:  command,
 		LogPath:  filepath.Join(name, "0.log"),
 		Labels: map[string]string{
-			RunLabel: t.suite.cfg.RunID, TestLabel: labelValue(t.name), "io.kubernetes.container.name": name,
+			RunLabel: t.suite.cfg.RunID, TestLabel: labelValue(t.Name()), "io.kubernetes.container.name": name,
 		},
 		Linux: &runtimeapi.LinuxContainerConfig{
 			SecurityContext: &runtimeapi.LinuxContainerSecurityContext{

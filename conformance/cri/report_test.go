@@ -243,11 +243,11 @@ func TestRunTestOutcomes(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var order []int
-			res := s.runTest(context.Background(), Test{Name: "x/" + c.name, Func: func(ctx context.Context, tt *T) {
+			res := s.runner().RunTest(context.Background(), s.harnessTest(Test{Name: "x/" + c.name, Func: func(ctx context.Context, tt *T) {
 				tt.Cleanup(func(context.Context) { order = append(order, 1) })
 				tt.Cleanup(func(context.Context) { order = append(order, 2) })
 				c.fn(ctx, tt)
-			}})
+			}}))
 			if res.Status != c.status || strings.Join(res.Messages, "|") != strings.Join(c.messages, "|") {
 				t.Errorf("status %s, messages %q; want %s, %q", res.Status, res.Messages, c.status, c.messages)
 			}

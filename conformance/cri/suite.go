@@ -5,8 +5,9 @@
 // attach, port forwarding, log files, host ports, env, mounts, resources and stats.
 //
 // It is shaped like containerd's snapshot test suite: a table of named tests, each a
-// func(ctx, *T), run one after the other against one endpoint. Containers run only the
-// busybox commands of the command contract (docs/conformance-cri.md), so that the same
+// func(ctx, *T), run one after the other against one endpoint by
+// conformance/internal/harness, the runner of berth's other suites. Containers run only
+// the busybox commands of the command contract (docs/conformance-cri.md), so that the same
 // suite passes on a real runtime with berth's busybox image and on berth's simulated
 // runtime, which interprets those commands without processes.
 //
@@ -35,6 +36,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"berth.dev/berth/conformance/internal/harness"
 	"berth.dev/berth/conformance/internal/report"
 )
 
@@ -54,9 +56,6 @@ const (
 
 	// cleanupTimeout bounds the removal of one test's objects.
 	cleanupTimeout = 60 * time.Second
-	// hangGrace is how long a test that ran past its timeout gets to return once its
-	// context is cancelled before the run gives up waiting for it.
-	hangGrace = 15 * time.Second
 	// preflightTimeout bounds the first contact with the endpoints.
 	preflightTimeout = 10 * time.Second
 	// maxMessageSize matches the kubelet's limit for CRI responses.
@@ -274,13 +273,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		Suite: "cri", Endpoint: cfg.Endpoint, ImageEndpoint: cfg.ImageEndpoint, Image: cfg.Image,
 		RunID: cfg.RunID, Started: time.Now(),
 	}
+	var hts []harness.Test
 	for _, test := range sel.Filter(tests) {
-		if ctx.Err() != nil {
-			break
-		}
-		res := s.runTest(ctx, test)
+		hts = append(hts, s.harnessTest(test))
+	}
+	for _, res := range s.runner().Run(ctx, hts) {
 		report.add(res)
-		fmt.Fprintln(cfg.Output, res.Line())
 	}
 	if msg := s.sweep(ctx); msg != "" {
 		report.Leftovers = msg
@@ -301,53 +299,17 @@ type suite struct {
 	images  runtimeapi.ImageServiceClient
 }
 
-// runTest runs one test in a goroutine of its own, so that Fatalf and Skipf can end it
-// with runtime.Goexit as testing.T does, then runs its cleanups.
-func (s *suite) runTest(parent context.Context, test Test) Result {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(parent, s.cfg.Timeout)
-	defer cancel()
-	t := &T{suite: s, name: test.Name, ctx: ctx}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer func() {
-			// A bug in a test must not take the whole run (or berth's CLI) down.
-			if r := recover(); r != nil {
-				t.fail(fmt.Sprintf("panic: %v", r))
-			}
-		}()
-		test.Func(ctx, t)
-	}()
-	hung := false
-	select {
-	case <-done:
-	case <-ctx.Done():
-		select {
-		case <-done:
-		case <-time.After(hangGrace):
-			// Every call the tests make takes ctx, so this means a runtime call ignored
-			// its deadline; the goroutine ends when that call does.
-			hung = true
-		}
-	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) && !t.skipped {
-		t.fail(fmt.Sprintf("timed out after %s", s.cfg.Timeout))
-	}
-	if hung {
-		t.fail("the test did not return within " + hangGrace.String() + " of its timeout")
-	}
-	t.runCleanups(parent)
-	res := Result{Name: test.Name, Duration: time.Since(start), Messages: t.messages(), Logs: t.logLines()}
-	switch {
-	case t.failed():
-		res.Status = StatusFail
-	case t.skipped:
-		res.Status = StatusSkip
-	default:
-		res.Status = StatusPass
-	}
-	return res
+// runner runs the tests one after the other, each under cfg.Timeout; a cleanup that
+// fails fails its test, since it leaves something behind in the runtime.
+func (s *suite) runner() harness.Runner {
+	return harness.Runner{Timeout: s.cfg.Timeout, CleanupTimeout: cleanupTimeout, Output: s.cfg.Output}
+}
+
+// harnessTest is test as the runner runs it, with a T of the suite's.
+func (s *suite) harnessTest(test Test) harness.Test {
+	return harness.Test{Name: test.Name, Func: func(ctx context.Context, ht *harness.T) {
+		test.Func(ctx, &T{T: ht, suite: s})
+	}}
 }
 
 // preflight makes sure something answers at the endpoints before the tests run, so that

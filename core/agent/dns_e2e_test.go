@@ -16,6 +16,7 @@ import (
 
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/dns"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -28,7 +29,7 @@ func TestClusterDNSOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd, real containers and an API server")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
 	dir := t.TempDir()
 	srv := testserver.Start(t)
 	kube := srv.Kube
@@ -52,7 +53,7 @@ func TestClusterDNSOnContainerd(t *testing.T) {
 		return true, nil
 	})
 
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	rt := startContainerd(t, dir, cidr, fmt.Sprintf("berthdns%d", os.Getpid()%100000), srv.Logs)
 	gateway := netip.MustParsePrefix(cidr).Addr().Next().String()
 	// The host's resolvers as the agent sees them: loopback only, so that nothing the
@@ -72,28 +73,13 @@ func TestClusterDNSOnContainerd(t *testing.T) {
 	}
 
 	const node = "node-dns"
-	actx, cancel := context.WithCancel(ctx)
-	a, err := agent.New(agent.Config{
-		Kube: kube, NodeName: node, RuntimeEndpoint: rt.endpoint, DataDir: filepath.Join(dir, "agent"),
+	stopAgent := runAgent(t, agent.Config{
+		Kube: kube, NodeName: node, RuntimeEndpoint: rt.Endpoint, DataDir: filepath.Join(dir, "agent"),
 		PodCIDR: cidr, Log: srv.Log.With("component", "agent"), NodeIP: "127.0.0.1",
 		ClusterDNS: []string{dnsIP}, ResolvConf: resolv, DNSListen: []string{net.JoinHostPort(gateway, "53")},
 	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }()
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("agent did not stop")
-		}
+		stopAgent()
 		// The node's kube-dns endpoint goes with the agent.
 		if _, err := kube.DiscoveryV1().EndpointSlices(dns.ServiceNamespace).Get(ctx, dns.SliceName(node), metav1.GetOptions{}); err == nil {
 			t.Errorf("EndpointSlice %s left behind", dns.SliceName(node))

@@ -1,23 +1,17 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
-	"syscall"
+	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,6 +21,7 @@ import (
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/agent/images"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -37,50 +32,29 @@ func TestPodsOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd, real containers and an API server")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
 	start := time.Now()
 	step := func(what string) { t.Logf("%5.1fs %s", time.Since(start).Seconds(), what) }
 	dir := t.TempDir() // removed last: every cleanup below runs before
 	srv := testserver.Start(t)
 	kube, log := srv.Kube, srv.Log
 
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	bridge := fmt.Sprintf("berthe2e%d", os.Getpid()%100000)
 	rt := startContainerd(t, dir, cidr, bridge, srv.Logs)
 
 	const node = "node-e2e"
 	ctx := context.Background()
-	// startAgent runs an agent until stopAgent, which the test calls to restart it and the
-	// cleanup calls to stop whichever agent runs last.
-	var stopAgent func()
-	startAgent := func(component string) {
-		actx, cancel := context.WithCancel(ctx)
-		a, err := agent.New(agent.Config{
-			Kube: kube, NodeName: node, RuntimeEndpoint: rt.endpoint, DataDir: filepath.Join(dir, "agent"),
+	// startAgent runs an agent until the stop it returns, which the test calls to restart
+	// it; the cleanups stop whichever agent runs.
+	startAgent := func(component string) (stop func()) {
+		return runAgent(t, agent.Config{
+			Kube: kube, NodeName: node, RuntimeEndpoint: rt.Endpoint, DataDir: filepath.Join(dir, "agent"),
 			PodCIDR: cidr, Log: log.With("component", component), LeaseRenewInterval: time.Second,
 		})
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- a.Run(actx) }()
-		stopAgent = func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("agent Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("agent did not stop")
-			}
-			stopAgent = func() {}
-		}
 	}
 	step("containerd and API server up")
-	startAgent("agent")
-	t.Cleanup(func() { stopAgent() })
+	stopAgent := startAgent("agent")
 
 	// The node registers, Ready, with the runtime in its nodeInfo, and renews its Lease.
 	testserver.WaitForWithin(t, "node Ready", 30*time.Second, func() (bool, error) {
@@ -267,123 +241,49 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-// requireHost skips the test when this machine cannot run containers.
-func requireHost(t *testing.T) {
+// runAgent runs an agent made with cfg until the stop it returns, which waits up to 30 s
+// for Run to return and fails the test when Run failed. stop is also a cleanup of the
+// test; only its first call does anything.
+func runAgent(t *testing.T, cfg agent.Config) (stop func()) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run containerd and containers")
-	}
-	for _, bin := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if _, err := os.Stat(filepath.Join("/usr/sbin", bin)); err != nil {
-				t.Skipf("%s is missing (make deps installs it): %v", bin, err)
-			}
-		}
-	}
-	for _, f := range []string{"bridge", "host-local", "portmap", "loopback"} {
-		if _, err := os.Stat(filepath.Join(containerd.DefaultCNIBinDir, f)); err != nil {
-			t.Skipf("CNI plugin %s is missing (make deps installs containernetworking-plugins): %v", f, err)
-		}
-	}
-	if _, err := os.Stat(images.DefaultBusyboxPath); err != nil {
-		t.Skipf("busybox-static is missing (make deps installs it): %v", err)
-	}
-}
-
-// freePodCIDR picks a /24 under 10.244.0.0/16 that no address or route of this machine
-// overlaps, so that tests running side by side do not share a pod network.
-func freePodCIDR(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
-	if err != nil {
-		t.Fatalf("ip route: %v", err)
-	}
-	used := string(out)
-	addrs, _ := net.InterfaceAddrs()
-	for i := range 150 {
-		third := 100 + (os.Getpid()+i)%150
-		_, subnet, _ := net.ParseCIDR(fmt.Sprintf("10.244.%d.0/24", third))
-		taken := strings.Contains(used, fmt.Sprintf("10.244.%d.", third))
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && (subnet.Contains(n.IP) || n.Contains(subnet.IP)) {
-				taken = true
-			}
-		}
-		if !taken {
-			return subnet.String()
-		}
-	}
-	t.Fatal("no free /24 in 10.244.0.0/16")
-	return ""
-}
-
-// testRuntime is the containerd the test started, with a CRI client of its own.
-type testRuntime struct {
-	endpoint string
-	runtime  runtimeapi.RuntimeServiceClient
-}
-
-// startContainerd starts containerd on dir with the test images imported. Its cleanup
-// leaves nothing behind even when the test fails half-way: it removes every sandbox
-// (which stops their containers and removes their network namespaces and CNI
-// attachments), stops containerd, kills any shim of this containerd still running,
-// unmounts what is left under dir and deletes the bridge.
-func startContainerd(t *testing.T, dir, cidr, bridge string, logs io.Writer) *testRuntime {
-	t.Helper()
-	files, err := images.BuildAll(filepath.Join(dir, "images"), images.DefaultBusyboxPath)
+	a, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	proc, err := containerd.Start(ctx, containerd.Config{
-		DataDir: filepath.Join(dir, "containerd"), SandboxImage: images.PauseRef,
-		PodCIDR: cidr, Bridge: bridge, Output: logs,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(proc.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	rt := &testRuntime{endpoint: proc.Endpoint, runtime: runtimeapi.NewRuntimeServiceClient(conn)}
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		if resp, err := rt.runtime.ListPodSandbox(cctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
-			for _, sb := range resp.Items {
-				_, _ = rt.runtime.StopPodSandbox(cctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.Id})
-				if _, err := rt.runtime.RemovePodSandbox(cctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
-					t.Errorf("cleanup: remove sandbox %s: %v", sb.Id, err)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("agent Run: %v", err)
 				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("agent did not stop")
 			}
-		} else {
-			t.Errorf("cleanup: list sandboxes: %v", err)
-		}
-		conn.Close()
-		cancel()
-		if err := proc.Wait(); err != nil {
-			t.Errorf("containerd: %v", err)
-		}
-		killShims(t, proc.Address)
-		unmountUnder(t, dir)
-		if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil && !strings.Contains(string(out), "Cannot find device") {
-			t.Errorf("cleanup: delete bridge %s: %v: %s", bridge, err, out)
-		}
-	})
-	for _, f := range files {
-		if err := images.Import(ctx, proc.Address, containerd.Namespace, f); err != nil {
-			t.Fatal(err)
-		}
+		})
 	}
-	return rt
+	t.Cleanup(stop)
+	return stop
+}
+
+// testRuntime is the containerd the test started, with a CRI client of its own.
+type testRuntime struct{ *hosttest.Containerd }
+
+// startContainerd starts containerd on dir with the test images imported, its own pod
+// CIDR and bridge; hosttest.StartContainerd's cleanup leaves nothing behind.
+func startContainerd(t *testing.T, dir, cidr, bridge string, logs io.Writer) *testRuntime {
+	t.Helper()
+	return &testRuntime{hosttest.StartContainerd(t, dir, containerd.Config{PodCIDR: cidr, Bridge: bridge, Output: logs})}
 }
 
 func (rt *testRuntime) sandboxes(t *testing.T, labels map[string]string) []string {
 	t.Helper()
-	resp, err := rt.runtime.ListPodSandbox(context.Background(), &runtimeapi.ListPodSandboxRequest{
+	resp, err := rt.Runtime.ListPodSandbox(context.Background(), &runtimeapi.ListPodSandboxRequest{
 		Filter: &runtimeapi.PodSandboxFilter{LabelSelector: labels},
 	})
 	if err != nil {
@@ -398,7 +298,7 @@ func (rt *testRuntime) sandboxes(t *testing.T, labels map[string]string) []strin
 
 func (rt *testRuntime) exec(t *testing.T, id string, cmd ...string) string {
 	t.Helper()
-	resp, err := rt.runtime.ExecSync(context.Background(), &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 10})
+	resp, err := rt.Runtime.ExecSync(context.Background(), &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 10})
 	if err != nil {
 		t.Fatalf("exec in %s: %v", id, err)
 	}
@@ -406,44 +306,4 @@ func (rt *testRuntime) exec(t *testing.T, id string, cmd ...string) string {
 		t.Errorf("exec %v in %s: exit %d: %s", cmd, id, resp.ExitCode, resp.Stderr)
 	}
 	return string(resp.Stdout)
-}
-
-// killShims kills the runc shims serving the containerd at address, found by the address
-// on their command line; there are none when every sandbox was removed.
-func killShims(t *testing.T, address string) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range procs {
-		data, err := os.ReadFile(f)
-		if err != nil || !bytes.Contains(data, []byte("containerd-shim")) || !bytes.Contains(data, []byte(address)) {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(f, "/proc/%d/cmdline", &pid); err == nil {
-			t.Logf("cleanup: killing shim %d", pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
-// unmountUnder detaches every mount below dir, deepest first.
-func unmountUnder(t *testing.T, dir string) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	var points []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			points = append(points, f[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	for _, p := range points {
-		t.Logf("cleanup: unmounting %s", p)
-		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
-			t.Errorf("cleanup: unmount %s: %v", p, err)
-		}
-	}
 }

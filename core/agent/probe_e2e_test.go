@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"berth.dev/berth/core/agent"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -25,37 +26,20 @@ func TestProbesOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd, real containers and an API server")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
 	start := time.Now()
 	step := func(what string) { t.Logf("%5.1fs %s", time.Since(start).Seconds(), what) }
 	dir := t.TempDir()
 	srv := testserver.Start(t)
 	kube := srv.Kube
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	rt := startContainerd(t, dir, cidr, fmt.Sprintf("berthp%d", time.Now().UnixNano()%1000000), srv.Logs)
 
 	const node = "node-probes"
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := agent.New(agent.Config{
-		Kube: kube, NodeName: node, RuntimeEndpoint: rt.endpoint, DataDir: filepath.Join(dir, "agent"),
+	ctx := context.Background()
+	runAgent(t, agent.Config{
+		Kube: kube, NodeName: node, RuntimeEndpoint: rt.Endpoint, DataDir: filepath.Join(dir, "agent"),
 		PodCIDR: cidr, Log: srv.Log.With("component", "agent"), LeaseRenewInterval: time.Second,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("agent did not stop")
-		}
 	})
 	step("containerd, API server and agent up")
 

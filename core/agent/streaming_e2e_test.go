@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"berth.dev/berth/core/agent"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -56,7 +56,7 @@ func TestStreamingOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd, real containers and an API server")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
 	for _, k := range kubectlBinaries {
 		if _, err := os.Stat(k); err != nil {
 			t.Skipf("kubectl missing: %v", err)
@@ -69,39 +69,18 @@ func TestStreamingOnContainerd(t *testing.T) {
 	kube, log := srv.Kube, srv.Log
 	kubeconfig := writeKubeconfig(t, srv.Config, filepath.Join(dir, "admin.kubeconfig"))
 
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	bridge := fmt.Sprintf("berthst%d", os.Getpid()%100000)
 	rt := startContainerd(t, dir, cidr, bridge, srv.Logs)
 
 	const node = "node-streaming"
 	ctx := context.Background()
-	a, err := agent.New(agent.Config{
-		Kube: kube, NodeName: node, RuntimeEndpoint: rt.endpoint, DataDir: filepath.Join(dir, "agent"),
+	stopAgent := runAgent(t, agent.Config{
+		Kube: kube, NodeName: node, RuntimeEndpoint: rt.Endpoint, DataDir: filepath.Join(dir, "agent"),
 		PodCIDR: cidr, Log: log.With("component", "agent"), LeaseRenewInterval: time.Second,
 		// Loopback only: the API server reaches the agent at the node's InternalIP.
 		NodeIP: "127.0.0.1", StreamingAddr: "127.0.0.1:0", ClientCA: srv.Config.CAData,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, cancelAgent := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }()
-	var stopOnce sync.Once
-	stopAgent := func() {
-		stopOnce.Do(func() {
-			cancelAgent()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("agent Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("agent did not stop")
-			}
-		})
-	}
-	t.Cleanup(stopAgent)
 
 	var port int32
 	testserver.WaitForWithin(t, "node with its agent's port", 30*time.Second, func() (bool, error) {
@@ -166,7 +145,7 @@ func TestStreamingOnContainerd(t *testing.T) {
 	// Without a container name, Kubernetes' error (through the API, as kubectl picks a
 	// default container itself).
 	// (Stream, as kubectl reads logs.)
-	_, err = kube.CoreV1().Pods("default").GetLogs("talker", &corev1.PodLogOptions{}).Stream(ctx)
+	_, err := kube.CoreV1().Pods("default").GetLogs("talker", &corev1.PodLogOptions{}).Stream(ctx)
 	if want := "a container name must be specified for pod talker, choose one of: [main side]"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("logs without a container: %v, want %q", err, want)
 	}

@@ -22,6 +22,7 @@ import (
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/agent/images"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -34,7 +35,7 @@ func TestTestserverImageOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds berth-testserver, starts containerd, real containers and an API server")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
 	start := time.Now()
 	step := func(what string) { t.Logf("%5.1fs %s", time.Since(start).Seconds(), what) }
 	dir := t.TempDir()
@@ -54,37 +55,19 @@ func TestTestserverImageOnContainerd(t *testing.T) {
 
 	srv := testserver.Start(t)
 	kube := srv.Kube
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	rt := startContainerd(t, dir, cidr, fmt.Sprintf("bertht%d", os.Getpid()%100000), srv.Logs)
 	ctx := context.Background()
 	for _, f := range files {
-		if err := images.Import(ctx, strings.TrimPrefix(rt.endpoint, "unix://"), containerd.Namespace, f); err != nil {
+		if err := images.Import(ctx, strings.TrimPrefix(rt.Endpoint, "unix://"), containerd.Namespace, f); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	const node = "node-testserver"
-	actx, cancel := context.WithCancel(ctx)
-	a, err := agent.New(agent.Config{
-		Kube: kube, NodeName: node, RuntimeEndpoint: rt.endpoint, DataDir: filepath.Join(dir, "agent"),
+	runAgent(t, agent.Config{
+		Kube: kube, NodeName: node, RuntimeEndpoint: rt.Endpoint, DataDir: filepath.Join(dir, "agent"),
 		PodCIDR: cidr, Log: srv.Log.With("component", "agent"), LeaseRenewInterval: time.Second,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("agent did not stop")
-		}
 	})
 	step("containerd, API server and agent up")
 

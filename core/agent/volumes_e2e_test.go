@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"berth.dev/berth/core/agent"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -30,46 +31,25 @@ func TestVolumesOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd, real containers and an API server")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
 	start := time.Now()
 	step := func(what string) { t.Logf("%5.1fs %s", time.Since(start).Seconds(), what) }
 	dir := t.TempDir()
 	srv := testserver.Start(t)
 	kube := srv.Kube
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	rt := startContainerd(t, dir, cidr, fmt.Sprintf("berthv%d", time.Now().UnixNano()%1000000), srv.Logs)
 
 	const node = "node-volumes"
 	ctx := context.Background()
 	agentDir := filepath.Join(dir, "agent")
-	var stopAgent func()
-	startAgent := func(component string) {
-		actx, cancel := context.WithCancel(ctx)
-		a, err := agent.New(agent.Config{
-			Kube: kube, NodeName: node, RuntimeEndpoint: rt.endpoint, DataDir: agentDir,
+	startAgent := func(component string) (stop func()) {
+		return runAgent(t, agent.Config{
+			Kube: kube, NodeName: node, RuntimeEndpoint: rt.Endpoint, DataDir: agentDir,
 			PodCIDR: cidr, Log: srv.Log.With("component", component), LeaseRenewInterval: time.Second,
 		})
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- a.Run(actx) }()
-		stopAgent = func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("agent Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Errorf("agent did not stop")
-			}
-			stopAgent = func() {}
-		}
 	}
-	startAgent("agent")
-	t.Cleanup(func() { stopAgent() })
+	stopAgent := startAgent("agent")
 	step("containerd, API server and agent up")
 
 	hostDir := filepath.Join(dir, "host")
@@ -159,7 +139,7 @@ func TestVolumesOnContainerd(t *testing.T) {
 
 	sh := func(script string) (string, int32) {
 		t.Helper()
-		resp, err := rt.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: []string{"sh", "-c", script}, Timeout: 10})
+		resp, err := rt.Runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: []string{"sh", "-c", script}, Timeout: 10})
 		if err != nil {
 			t.Fatalf("exec %q: %v", script, err)
 		}

@@ -1,8 +1,9 @@
 // Package hosttest holds what tests that run real containers on this machine share:
 // checking that the host can (root, containerd, runc, the CNI plugins, busybox, loop
-// devices), picking a pod network no other test or route uses, and undoing what such a
-// test leaves behind (shims, mounts, loop devices) even when it fails half-way. Only tests
-// import it; drivers/ may not (test/boundaries), so a driver's tests keep their own.
+// devices), picking a pod network no other test or route uses, starting a containerd of
+// the test's own with berth's images, and undoing what such a test leaves behind (shims,
+// mounts, loop devices) even when it fails half-way. Only tests import it; drivers/ may
+// not (test/boundaries), so a driver's tests keep their own.
 package hosttest
 
 import (

@@ -22,6 +22,7 @@ import (
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/controllers/endpointslice"
 	"berth.dev/berth/core/controllers/servicelb"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 	"berth.dev/berth/core/proxy"
 )
@@ -35,7 +36,7 @@ func TestProxyOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd, real containers and an API server")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
 	start := time.Now()
 	step := func(what string) { t.Logf("%5.1fs %s", time.Since(start).Seconds(), what) }
 	dir := t.TempDir()
@@ -56,12 +57,12 @@ func TestProxyOnContainerd(t *testing.T) {
 	}
 	srv.Run(t, factory2, lbc)
 
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	bridge := fmt.Sprintf("berthpx%d", os.Getpid()%100000)
 	rt := startContainerd(t, dir, cidr, bridge, srv.Logs)
 	const node = "node-proxy-e2e"
 	actx, stopAgent := context.WithCancel(ctx)
-	a, err := agent.New(agent.Config{Kube: kube, NodeName: node, RuntimeEndpoint: rt.endpoint,
+	a, err := agent.New(agent.Config{Kube: kube, NodeName: node, RuntimeEndpoint: rt.Endpoint,
 		DataDir: filepath.Join(dir, "agent"), PodCIDR: cidr, Log: log.With("component", "agent")})
 	if err != nil {
 		t.Fatal(err)

@@ -1,24 +1,16 @@
 package proxy_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -27,125 +19,24 @@ import (
 
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/agent/images"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 	"berth.dev/berth/core/proxy"
 )
 
-// The helpers below follow core/agent/e2e_test.go's (which a test of another package
-// cannot import).
-
-// requireHost skips the test when this machine cannot run containers or program nftables.
-func requireHost(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run containerd, containers and nftables")
-	}
-	for _, bin := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ip"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if _, err := os.Stat(filepath.Join("/usr/sbin", bin)); err != nil {
-				t.Skipf("%s is missing (make deps installs it): %v", bin, err)
-			}
-		}
-	}
-	for _, f := range []string{"bridge", "host-local", "portmap", "loopback"} {
-		if _, err := os.Stat(filepath.Join(containerd.DefaultCNIBinDir, f)); err != nil {
-			t.Skipf("CNI plugin %s is missing: %v", f, err)
-		}
-	}
-	if _, err := os.Stat(images.DefaultBusyboxPath); err != nil {
-		t.Skipf("busybox-static is missing: %v", err)
-	}
-}
-
-// freePodCIDR picks a /24 under 10.244.0.0/16 that no address or route of this machine
-// overlaps.
-func freePodCIDR(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
-	if err != nil {
-		t.Fatalf("ip route: %v", err)
-	}
-	addrs, _ := net.InterfaceAddrs()
-	for i := range 150 {
-		third := 100 + (os.Getpid()+i+77)%150
-		_, subnet, _ := net.ParseCIDR(fmt.Sprintf("10.244.%d.0/24", third))
-		taken := strings.Contains(string(out), fmt.Sprintf("10.244.%d.", third))
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && (subnet.Contains(n.IP) || n.Contains(subnet.IP)) {
-				taken = true
-			}
-		}
-		if !taken {
-			return subnet.String()
-		}
-	}
-	t.Fatal("no free /24 in 10.244.0.0/16")
-	return ""
-}
-
-type testRuntime struct {
-	endpoint string
-	runtime  runtimeapi.RuntimeServiceClient
-}
+// testRuntime is the containerd the test started, with a CRI client of its own.
+type testRuntime struct{ *hosttest.Containerd }
 
 // startContainerd starts containerd with a CNI bridge of the test's own and imports
-// berth's images; everything is removed when the test ends.
+// berth's images; hosttest.StartContainerd's cleanup removes everything at the end.
 func startContainerd(t *testing.T, dir, cidr, bridge string, logs io.Writer) *testRuntime {
 	t.Helper()
-	files, err := images.BuildAll(filepath.Join(dir, "images"), images.DefaultBusyboxPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	proc, err := containerd.Start(ctx, containerd.Config{
-		DataDir: filepath.Join(dir, "containerd"), SandboxImage: images.PauseRef,
-		PodCIDR: cidr, Bridge: bridge, Output: logs,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(proc.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	rt := &testRuntime{endpoint: proc.Endpoint, runtime: runtimeapi.NewRuntimeServiceClient(conn)}
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		if resp, err := rt.runtime.ListPodSandbox(cctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
-			for _, sb := range resp.Items {
-				_, _ = rt.runtime.StopPodSandbox(cctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.Id})
-				if _, err := rt.runtime.RemovePodSandbox(cctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
-					t.Errorf("cleanup: remove sandbox %s: %v", sb.Id, err)
-				}
-			}
-		} else {
-			t.Errorf("cleanup: list sandboxes: %v", err)
-		}
-		conn.Close()
-		cancel()
-		if err := proc.Wait(); err != nil {
-			t.Errorf("containerd: %v", err)
-		}
-		killShims(t, proc.Address)
-		unmountUnder(t, dir)
-		if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil && !strings.Contains(string(out), "Cannot find device") {
-			t.Errorf("cleanup: delete bridge %s: %v: %s", bridge, err, out)
-		}
-	})
-	for _, f := range files {
-		if err := images.Import(ctx, proc.Address, containerd.Namespace, f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return rt
+	return &testRuntime{hosttest.StartContainerd(t, dir, containerd.Config{PodCIDR: cidr, Bridge: bridge, Output: logs})}
 }
 
 // execCode runs cmd in a container and returns its output (stdout and stderr) and exit code.
 func (rt *testRuntime) execCode(id string, cmd ...string) (string, int32) {
-	resp, err := rt.runtime.ExecSync(context.Background(), &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 10})
+	resp, err := rt.Runtime.ExecSync(context.Background(), &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 10})
 	if err != nil {
 		return err.Error(), -1
 	}
@@ -169,41 +60,6 @@ func (rt *testRuntime) httpGet(id, url string) (string, int32) {
 		return out, 1
 	}
 	return strings.TrimSpace(body), 0
-}
-
-func killShims(t *testing.T, address string) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range procs {
-		data, err := os.ReadFile(f)
-		if err != nil || !bytes.Contains(data, []byte("containerd-shim")) || !bytes.Contains(data, []byte(address)) {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(f, "/proc/%d/cmdline", &pid); err == nil {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
-func unmountUnder(t *testing.T, dir string) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	var points []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			points = append(points, f[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	for _, p := range points {
-		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
-			t.Errorf("cleanup: unmount %s: %v", p, err)
-		}
-	}
 }
 
 func busyboxPod(name, node string, labels map[string]string, command ...string) *corev1.Pod {

@@ -15,6 +15,7 @@ import (
 
 	"berth.dev/berth/conformance/cni"
 	"berth.dev/berth/core/agent/containerd"
+	"berth.dev/berth/core/hosttest"
 )
 
 // requireCNIHost skips the test when this machine cannot run the CNI plugins.
@@ -23,17 +24,9 @@ func requireCNIHost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs CNI plugins in network namespaces")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to make network namespaces")
-	}
-	for _, f := range []string{"bridge", "ptp", "host-local", "portmap"} {
-		if _, err := os.Stat(filepath.Join(containerd.DefaultCNIBinDir, f)); err != nil {
-			t.Skipf("CNI plugin %s is missing (make deps installs containernetworking-plugins): %v", f, err)
-		}
-	}
-	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skipf("iptables is missing: %v", err)
-	}
+	hosttest.RequireRoot(t, "to make network namespaces")
+	hosttest.RequireCNIPlugins(t, "bridge", "ptp", "host-local", "portmap")
+	hosttest.RequireCommands(t, "iptables")
 }
 
 // runCNISuite runs the suite on conf (written to dir) and returns the report, with the
@@ -94,7 +87,7 @@ func TestCNISuiteOnShippedChains(t *testing.T) {
 	for _, driver := range []string{"bridge", "ptp"} {
 		t.Run(driver, func(t *testing.T) {
 			dir := t.TempDir()
-			cidr := freePodCIDR(t)
+			cidr := hosttest.FreePodCIDR(t)
 			bridge := fmt.Sprintf("berthcni%d", os.Getpid()%100000)
 			var conf []byte
 			var err error
@@ -163,7 +156,7 @@ func TestCNISuiteCatchesBrokenPlugins(t *testing.T) {
 	for _, name := range []string{"leaky", "liar", "fragile", "blind"} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			cidr := freePodCIDR(t)
+			cidr := hosttest.FreePodCIDR(t)
 			_, subnet, _ := net.ParseCIDR(cidr)
 			base := subnet.IP.To4()
 			// 45 addresses for 30 attachments at once: a leak shows in ipam/release's

@@ -14,6 +14,7 @@ import (
 
 	"berth.dev/berth/conformance/cri"
 	"berth.dev/berth/core/agent/images"
+	"berth.dev/berth/core/hosttest"
 )
 
 // containerdGaps are the tests containerd 1.6.20 (Debian's) fails, with the reason; the
@@ -35,7 +36,8 @@ func TestCRISuiteOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd and real containers")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
+	hosttest.RequireCommands(t, "iptables")
 	dir := t.TempDir()
 	logs := &lockedBuffer{}
 	rt := startContainerd(t, dir, logs)
@@ -47,7 +49,7 @@ func TestCRISuiteOnContainerd(t *testing.T) {
 
 	ctx := context.Background()
 	report, err := cri.Run(ctx, cri.Config{
-		Endpoint: rt.endpoint, Image: images.BusyboxRef, RemovableImage: removableImageRef,
+		Endpoint: rt.Endpoint, Image: images.BusyboxRef, RemovableImage: removableImageRef,
 		Timeout: 90 * time.Second, Output: &logWriter{t: t},
 	})
 	if err != nil {
@@ -64,7 +66,7 @@ func TestCRISuiteOnContainerd(t *testing.T) {
 	}
 
 	t.Run("cli", func(t *testing.T) {
-		testCLI(t, rt.endpoint, filepath.Join(dir, "cli"))
+		testCLI(t, rt.Endpoint, filepath.Join(dir, "cli"))
 	})
 }
 

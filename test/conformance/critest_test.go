@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"berth.dev/berth/core/agent/images"
+	"berth.dev/berth/core/hosttest"
 )
 
 // TestCritestOnContainerd runs Kubernetes' own CRI validation suite, critest from
@@ -26,7 +27,8 @@ func TestCritestOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd and runs critest")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
+	hosttest.RequireCommands(t, "iptables")
 	dir := t.TempDir()
 	logs := &lockedBuffer{}
 	rt := startContainerd(t, dir, logs)
@@ -46,7 +48,7 @@ func TestCritestOnContainerd(t *testing.T) {
 		skip = "benchmark"
 	}
 	args := []string{
-		"--runtime-endpoint=" + rt.endpoint, "--image-endpoint=" + rt.endpoint,
+		"--runtime-endpoint=" + rt.Endpoint, "--image-endpoint=" + rt.Endpoint,
 		"--test-images-file=" + imagesFile, "--report-dir=" + reports,
 		"--ginkgo.skip=" + skip, "--ginkgo.no-color",
 	}

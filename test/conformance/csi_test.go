@@ -14,27 +14,8 @@ import (
 	"time"
 
 	"berth.dev/berth/conformance/csi"
+	"berth.dev/berth/core/hosttest"
 )
-
-// requireCSIHost skips the test when this machine cannot run berth's CSI driver: it
-// makes loop devices, ext4 filesystems and mounts.
-func requireCSIHost(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("runs berth-csi-local with loop devices and mounts")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for loop devices and mounts")
-	}
-	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skipf("no loop devices on this machine: %v", err)
-	}
-	for _, bin := range []string{"losetup", "mkfs.ext4", "resize2fs", "e2fsck", "blkid"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s is missing: %v", bin, err)
-		}
-	}
-}
 
 // buildCSILocal builds berth-csi-local into a directory of the test's.
 func buildCSILocal(t *testing.T) string {
@@ -89,8 +70,10 @@ func startCSILocal(t *testing.T, bin, defect string, extra ...string) *csiDriver
 			t.Logf("berth-csi-local %v:\n%s", args, d.logs.String())
 		}
 		// The suite's cleanups undid every stage and publication, so that no loop device
-		// of the driver's is left.
-		detachLoopDevices(t, dir)
+		// of the driver's is left; one still attached is the driver's or the suite's fault.
+		if n := hosttest.DetachLoopsUnder(t, dir); n > 0 {
+			t.Errorf("cleanup: %d loop device(s) were left attached to files under %s", n, dir)
+		}
 		if err := os.RemoveAll(dir); err != nil {
 			t.Errorf("remove the driver's directory: %v", err)
 		}
@@ -132,7 +115,7 @@ func runCSISuite(t *testing.T, d *csiDriver, focus string) *csi.Report {
 	if rep.Leftovers != "" {
 		t.Errorf("%s", rep.Leftovers)
 	}
-	for _, m := range mountsUnder(dir) {
+	for _, m := range hosttest.MountsUnder(t, dir) {
 		t.Errorf("a mount of the suite was left behind: %s", m)
 	}
 	return rep
@@ -148,12 +131,7 @@ func csiMountDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		for _, m := range mountsUnder(dir) {
-			t.Logf("cleanup: unmount %s, left behind", m)
-			if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
-				t.Errorf("cleanup: unmount %s: %v", m, err)
-			}
-		}
+		hosttest.UnmountUnder(t, dir)
 		if err := os.RemoveAll(dir); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
@@ -161,48 +139,11 @@ func csiMountDir(t *testing.T) string {
 	return dir
 }
 
-// mountsUnder lists the mount points at or under dir, deepest first.
-func mountsUnder(dir string) []string {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			out = append(out, f[4])
-		}
-	}
-	slices.Reverse(out)
-	return out
-}
-
-// detachLoopDevices detaches the loop devices whose backing files are under dir (the
-// driver's state dir), which a driver stopped with volumes still staged leaves behind.
-func detachLoopDevices(t *testing.T, dir string) {
-	t.Helper()
-	out, err := exec.Command("losetup", "-a").Output()
-	if err != nil {
-		t.Logf("cleanup: losetup -a: %v", err)
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		dev, rest, ok := strings.Cut(line, ":")
-		if !ok || !strings.Contains(rest, "("+dir+"/") {
-			continue
-		}
-		t.Errorf("cleanup: loop device %s was left attached to %s", dev, strings.TrimSpace(rest))
-		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
-			t.Errorf("cleanup: losetup -d %s: %v: %s", dev, err, out)
-		}
-	}
-}
-
 // TestCSISuiteOnLocalDriver runs the whole suite against berth-csi-local: every test
 // passes; only ControllerPublishVolume (which the driver declares only with
 // --controller-publish) is skipped.
 func TestCSISuiteOnLocalDriver(t *testing.T) {
-	requireCSIHost(t)
+	hosttest.RequireLoopDevices(t)
 	bin := buildCSILocal(t)
 	rep := runCSISuite(t, startCSILocal(t, bin, ""), "")
 	for _, res := range rep.Results {
@@ -222,7 +163,7 @@ func TestCSISuiteOnLocalDriver(t *testing.T) {
 // --controller-publish, which declares PUBLISH_UNPUBLISH_VOLUME and wants the publish
 // context in NodeStageVolume: every test passes, ControllerPublishVolume's included.
 func TestCSISuiteOnLocalDriverWithControllerPublish(t *testing.T) {
-	requireCSIHost(t)
+	hosttest.RequireLoopDevices(t)
 	rep := runCSISuite(t, startCSILocal(t, buildCSILocal(t), "", "--controller-publish"), "")
 	for _, res := range rep.Results {
 		if res.Status != csi.StatusPass {
@@ -235,7 +176,7 @@ func TestCSISuiteOnLocalDriverWithControllerPublish(t *testing.T) {
 // deliberate defects: each fails exactly the tests of the promise it breaks, besides
 // whatever the driver without a defect fails (TestCSISuiteOnLocalDriver's business).
 func TestCSISuiteCatchesDefects(t *testing.T) {
-	requireCSIHost(t)
+	hosttest.RequireLoopDevices(t)
 	bin := buildCSILocal(t)
 	var baseline []string
 	t.Run("none", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"berth.dev/berth/core/hosttest"
 	"context"
 	"os"
 	"os/exec"
@@ -31,7 +32,7 @@ func csiSanityBinary(t *testing.T) string {
 // docs/conformance-csi.md compares the two. BERTH_CSI_SANITY_FOCUS and
 // BERTH_CSI_SANITY_SKIP are ginkgo regexps that narrow the run.
 func TestCSISanityOnLocalDriver(t *testing.T) {
-	requireCSIHost(t)
+	hosttest.RequireLoopDevices(t)
 	sanity := csiSanityBinary(t)
 	d := startCSILocal(t, buildCSILocal(t), "")
 	dir := csiMountDir(t)

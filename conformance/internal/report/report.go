@@ -1,7 +1,7 @@
 // Package report is what berth's conformance suites share about their output: a test's
 // result and its one-line form, the run's report with its closing "N passed, N failed,
 // N skipped" line, the JSON and JUnit XML forms of that report, and the --focus/--skip
-// selection of tests. Each suite keeps its own test runner and the properties it
+// selection of tests. The runner itself is conformance/internal/harness; each suite keeps the properties it
 // records (endpoint, plugin dir ...); the shape of what users read is the same for all.
 package report
 

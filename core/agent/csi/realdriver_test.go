@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"berth.dev/berth/core/hosttest"
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,15 +20,19 @@ import (
 // survives, and the pod's teardown leaves nothing mounted. Root only (loop devices,
 // mounts).
 func TestRealDriverStagePublish(t *testing.T) {
-	if testing.Short() || os.Geteuid() != 0 {
-		t.Skip("needs root for loop devices and mounts, and builds berth-csi-local")
-	}
+	hosttest.RequireLoopDevices(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "berth-csi-local")
 	if out, err := exec.Command("go", "build", "-o", bin, "berth.dev/berth/cmd/berth-csi-local").CombinedOutput(); err != nil {
 		t.Skipf("berth-csi-local does not build here: %v\n%s", err, out)
 	}
 	r := newRig(t, nil)
+	// Runs after the driver stops and the pods are torn down, before the directories go:
+	// a test failing half-way leaves no mount or loop device behind.
+	t.Cleanup(func() {
+		hosttest.UnmountUnder(t, r.dataDir)
+		hosttest.DetachLoopsUnder(t, dir)
+	})
 	cmd := exec.Command(bin, "--endpoint", "unix://"+r.socket, "--node-id", testNode, "--state-dir", filepath.Join(dir, "state"), "--capacity", "1Gi")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -7,28 +7,22 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/utils/ptr"
 
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/agent/images"
 	"berth.dev/berth/core/agent/network"
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -40,62 +34,19 @@ func TestSwitchDriverOnContainerd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts containerd and pod sandboxes")
 	}
-	requireHost(t)
+	hosttest.RequireHost(t)
+	hosttest.RequireCNIPlugins(t, "ptp")
 	dir := t.TempDir() // removed last: every cleanup below runs before
 	srv := testserver.Start(t)
-	cidr := freePodCIDR(t)
+	cidr := hosttest.FreePodCIDR(t)
 	bridge := fmt.Sprintf("berthnw%d", os.Getpid()%100000)
 	netFile := filepath.Join(dir, "network.yaml")
 	writeNetworkFile(t, netFile, "bridge")
 
-	files, err := images.BuildAll(filepath.Join(dir, "images"), images.DefaultBusyboxPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	proc, err := containerd.Start(ctx, containerd.Config{
-		DataDir: filepath.Join(dir, "containerd"), SandboxImage: images.PauseRef, PodCIDR: cidr, Bridge: bridge,
-		NetworkConfig: netFile, Log: srv.Log.With("component", "network"), Output: srv.Logs,
+	proc := hosttest.StartContainerd(t, dir, containerd.Config{
+		PodCIDR: cidr, Bridge: bridge, NetworkConfig: netFile,
+		Log: srv.Log.With("component", "network"), Output: srv.Logs,
 	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(proc.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	rt := runtimeapi.NewRuntimeServiceClient(conn)
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer ccancel()
-		if resp, err := rt.ListPodSandbox(cctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
-			for _, sb := range resp.Items {
-				_, _ = rt.StopPodSandbox(cctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.Id})
-				if _, err := rt.RemovePodSandbox(cctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
-					t.Errorf("cleanup: remove sandbox %s: %v", sb.Id, err)
-				}
-			}
-		} else {
-			t.Errorf("cleanup: list sandboxes: %v", err)
-		}
-		conn.Close()
-		cancel()
-		if err := proc.Wait(); err != nil {
-			t.Errorf("containerd: %v", err)
-		}
-		killShims(t, proc.Address)
-		unmountUnder(t, dir)
-		if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil && !strings.Contains(string(out), "Cannot find device") {
-			t.Errorf("cleanup: delete bridge %s: %v: %s", bridge, err, out)
-		}
-	})
-	for _, f := range files {
-		if err := images.Import(ctx, proc.Address, containerd.Namespace, f); err != nil {
-			t.Fatal(err)
-		}
-	}
 	_, subnet, _ := net.ParseCIDR(cidr)
 
 	const node = "node-network-e2e"
@@ -241,93 +192,5 @@ func waitFor(t *testing.T, what string, timeout time.Duration, ok func() bool) {
 			t.Fatalf("%s: not within %s", what, timeout)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// requireHost skips the test when this machine cannot run containers.
-func requireHost(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run containerd and containers")
-	}
-	for _, bin := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if _, err := os.Stat(filepath.Join("/usr/sbin", bin)); err != nil {
-				t.Skipf("%s is missing (make deps installs it): %v", bin, err)
-			}
-		}
-	}
-	for _, f := range []string{"bridge", "ptp", "host-local", "portmap", "loopback"} {
-		if _, err := os.Stat(filepath.Join(containerd.DefaultCNIBinDir, f)); err != nil {
-			t.Skipf("CNI plugin %s is missing (make deps installs containernetworking-plugins): %v", f, err)
-		}
-	}
-	if _, err := os.Stat(images.DefaultBusyboxPath); err != nil {
-		t.Skipf("busybox-static is missing (make deps installs it): %v", err)
-	}
-}
-
-// freePodCIDR picks a /24 under 10.244.0.0/16 that no address or route of this machine
-// overlaps, so that tests running side by side do not share a pod network.
-func freePodCIDR(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
-	if err != nil {
-		t.Fatalf("ip route: %v", err)
-	}
-	used := string(out)
-	addrs, _ := net.InterfaceAddrs()
-	for i := range 150 {
-		third := 100 + (os.Getpid()+i)%150
-		_, subnet, _ := net.ParseCIDR(fmt.Sprintf("10.244.%d.0/24", third))
-		taken := strings.Contains(used, fmt.Sprintf("10.244.%d.", third))
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && (subnet.Contains(n.IP) || n.Contains(subnet.IP)) {
-				taken = true
-			}
-		}
-		if !taken {
-			return subnet.String()
-		}
-	}
-	t.Fatal("no free /24 in 10.244.0.0/16")
-	return ""
-}
-
-// killShims kills the runc shims serving the containerd at address.
-func killShims(t *testing.T, address string) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range procs {
-		data, err := os.ReadFile(f)
-		if err != nil || !bytes.Contains(data, []byte("containerd-shim")) || !bytes.Contains(data, []byte(address)) {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(f, "/proc/%d/cmdline", &pid); err == nil {
-			t.Logf("cleanup: killing shim %d", pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
-// unmountUnder detaches every mount below dir, deepest first.
-func unmountUnder(t *testing.T, dir string) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	var points []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			points = append(points, f[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	for _, p := range points {
-		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
-			t.Errorf("cleanup: unmount %s: %v", p, err)
-		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"berth.dev/berth/core/hosttest"
 	"berth.dev/berth/core/internal/testserver"
 )
 
@@ -27,12 +28,7 @@ import (
 // (cmd/berth-csi-local): a 64Mi claim gets its volume image and PV, and once released
 // both are gone.
 func TestLocalDriverProvisionDelete(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and starts berth-csi-local and an API server")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("berth-csi-local needs root (loop devices, mkfs)")
-	}
+	hosttest.RequireLoopDevices(t)
 	srv := testserver.Start(t)
 	kube := srv.Kube
 	ctx := context.Background()
