@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 //   - a claim of the default class (berth's driver) binds at once; a pod writing more than
 //     it holds fails with "No space left on device"; the claim grown, the pod restarted
 //     (the driver expands offline where the kernel forbids online resize) finishes;
+//   - the driver killed, berth up restarts it; the pod keeps its volume, new claims bind;
 //   - a claim beyond the driver's pool stays Pending with an event saying why;
 //   - deleting the claim deletes the volume and its image file.
 func TestStorageOnBerthUp(t *testing.T) {
@@ -134,6 +136,26 @@ func TestStorageOnBerthUp(t *testing.T) {
 		return strings.TrimSpace(res.Stdout) == "160Mi", res.Stdout + res.Stderr
 	})
 
+	// The driver crashes: berth up starts it again, the running pod keeps its volume, and
+	// new claims are provisioned again once it is back.
+	old := driverPID(t, dir)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the CSI driver (pid %d): %v", old, err)
+	}
+	waitFor(t, 30*time.Second, "the CSI driver restarted", func() (bool, string) {
+		pid := driverPID(t, dir)
+		return pid != 0 && pid != old, fmt.Sprintf("driver pid %d (killed %d)", pid, old)
+	})
+	res = k.mustRun(t, "exec", "writer", "--", "sh", "-c", "ls -l /data/big && echo still-here > /data/note && cat /data/note")
+	if !strings.Contains(res.Stdout, "still-here") {
+		t.Errorf("the pod's volume after the driver's restart:\n%s", res)
+	}
+	apply(t, k, strings.ReplaceAll(dynamicClaimManifest, "name: data", "name: after-restart"))
+	waitFor(t, 60*time.Second, "a claim Bound after the driver's restart", func() (bool, string) {
+		res := k.run(t, "get", "pvc", "after-restart", "-o", "jsonpath={.status.phase}")
+		return res.Stdout == "Bound", res.Stdout + res.Stderr
+	})
+
 	// Too big for the pool: Pending, and an event says why.
 	apply(t, k, hugeClaimManifest)
 	waitFor(t, 30*time.Second, "a ProvisioningFailed event for claim huge", func() (bool, string) {
@@ -152,6 +174,23 @@ func TestStorageOnBerthUp(t *testing.T) {
 		_, err := os.Stat(image)
 		return res.Code != 0 && os.IsNotExist(err), fmt.Sprintf("%s%s image: %v", res.Stdout, res.Stderr, err)
 	})
+}
+
+// driverPID is the process id of the berth-csi-local serving the cluster under dir, or 0.
+func driverPID(t *testing.T, dir string) int {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range procs {
+		b, err := os.ReadFile(f)
+		if err != nil || !strings.Contains(string(b), "berth-csi-local") || !strings.Contains(string(b), dir) {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(f, "/proc/%d/cmdline", &pid); err == nil {
+			return pid
+		}
+	}
+	return 0
 }
 
 var driverBuild struct {
