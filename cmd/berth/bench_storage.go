@@ -59,14 +59,14 @@ driver with Immediate binding and reclaimPolicy Delete is created.
 Binding: --claims PersistentVolumeClaims of --size are created at once (16 at a time);
 each one's latency runs from its create call to the watch event that shows it Bound (the
 PV controller hands it to the agent's provisioner, which creates the volume through the
-driver - a sparse file with an ext4 file system - and the PersistentVolume, which the PV
+driver - a sparse file, formatted when first staged - and the PersistentVolume, which the PV
 controller binds). Target: p99 at most 1 s. The claims are then deleted, and with them
 their volumes.
 
 Start-up: --pods times, alternately, a pod of busybox sleep without a volume, and the same
 pod mounting a claim of its own, created and Bound beforehand: each pod's start-up runs
 from its create call to the watch event that shows it Ready, so the second includes
-staging (a loop device, an fsck and a mount) and publishing (a bind mount). Target: the
+staging (a loop device, mkfs on first use, an fsck and a mount) and publishing (a bind mount). Target: the
 pod with a claim at most 300 ms slower at p50.
 
 Everything is removed afterwards, on failure too. Needs root, containerd, runc, Debian's

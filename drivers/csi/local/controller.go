@@ -358,13 +358,10 @@ func (d *Driver) makeImage(ctx context.Context, id, mode string, size int64, src
 	defer cancel()
 	path := d.volumePath(id)
 	if srcImage == "" {
-		if err := createImage(path, size); err != nil {
-			return err
-		}
-		if mode == modeFilesystem {
-			return makeExt4(ctx, path)
-		}
-		return nil
+		// A file system volume gets its file system when it is first staged (NodeStage
+		// formats an empty volume), which keeps CreateVolume to a sparse file and out of
+		// the way of a burst of claims.
+		return createImage(path, size)
 	}
 	if srcVol != "" {
 		// A clone copies a volume that may be in use: hold its lock and flush it first.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,6 +50,23 @@ func growImage(path string, size int64) error {
 		return fmt.Errorf("grow image to %d bytes: %w", size, err)
 	}
 	return nil
+}
+
+// hasFilesystem tells whether dev (a loop device or an image file) carries a file system
+// or any other signature blkid knows: a volume is formatted on its first staging, and
+// only when blkid finds nothing on it, as Kubernetes' SafeFormatAndMount decides.
+func hasFilesystem(ctx context.Context, dev string) (bool, error) {
+	out, err := exec.CommandContext(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE", dev).CombinedOutput()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &exit) && exit.ExitCode() == 2:
+		// blkid's "nothing found": an empty volume.
+		return false, nil
+	default:
+		return false, fmt.Errorf("blkid -p %s: %w: %s", dev, err, strings.TrimSpace(string(out)))
+	}
 }
 
 // makeExt4 puts an empty ext4 file system on an image file. Lazy initialisation keeps mkfs
@@ -193,11 +211,15 @@ func (l *loops) attach(ctx context.Context, image string) (string, error) {
 	return dev, nil
 }
 
-// detach detaches every loop device of an image (normally one).
+// detach detaches every loop device of an image (normally one). `losetup -d` of a device
+// that something still holds open (a just-finished unmount, a udev probe) only marks it
+// for autoclear, so the device may stay a moment: it is looked for again with a growing
+// pause, for up to about 5 s.
 func (l *loops) detach(ctx context.Context, image string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for range 8 {
+	pause := 20 * time.Millisecond
+	for deadline := time.Now().Add(5 * time.Second); ; {
 		dev, err := l.find(ctx, image)
 		if err != nil || dev == "" {
 			return err
@@ -205,11 +227,18 @@ func (l *loops) detach(ctx context.Context, image string) error {
 		if err := detachDevice(ctx, dev); err != nil {
 			return err
 		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("detach loop devices of %s: %s still attached 5 s after losetup -d (something holds it open)", image, dev)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("detach loop devices of %s: %w", image, ctx.Err())
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 500*time.Millisecond)
 	}
-	return fmt.Errorf("detach loop devices of %s: still attached after 8 detaches", image)
 }
 
-// detachDevice detaches one loop device; a device that is already free is fine.
 func detachDevice(ctx context.Context, dev string) error {
 	out, err := run(ctx, "losetup", "-d", dev)
 	if err != nil && !strings.Contains(out, "No such device") {

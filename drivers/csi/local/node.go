@@ -170,6 +170,13 @@ func (d *Driver) mountStaging(ctx context.Context, dev, image, path string, flag
 		// Something else is mounted there (ours is not, stagedAt said so).
 		return fmt.Errorf("staging path %s is already a mount point", path)
 	}
+	if formatted, err := hasFilesystem(ctx, dev); err != nil {
+		return err
+	} else if !formatted {
+		if err := makeExt4(ctx, dev); err != nil {
+			return fmt.Errorf("format the new volume: %w", err)
+		}
+	}
 	if err := fsck(ctx, dev, false); err != nil {
 		return err
 	}
