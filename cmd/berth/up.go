@@ -25,6 +25,7 @@ import (
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/apiserver"
+	"berth.dev/berth/core/ingress"
 	"berth.dev/berth/drivers/cri/sim"
 )
 
@@ -41,6 +42,7 @@ type upOptions struct {
 	clusterCIDR                        string
 	dns                                nodeagent.DNSOptions // --cluster-dns nil: the kube-dns ClusterIP
 	networkConfig                      string               // the node's NetworkConfiguration file
+	ingress                            nodeagent.IngressOptions
 }
 
 // newUpCommand is `berth up`: a whole cluster in one process.
@@ -85,6 +87,7 @@ scheduling, controller and scale work on one machine.`,
 	f.BoolVar(&o.proxy, "proxy", true, "run the node proxy on the node: Service traffic through nftables (--runtime containerd only; simulated nodes have none)")
 	f.StringVar(&o.clusterCIDR, "cluster-cidr", "", "the cluster's pod network, for the proxy's masquerade decisions (empty: --pod-cidr)")
 	nodeagent.AddDNSFlags(f, &o.dns, nil)
+	nodeagent.AddIngressFlags(f, &o.ingress)
 	f.Lookup("cluster-dns").Usage = "nameservers of pods with dnsPolicy ClusterFirst (default: the kube-dns Service's ClusterIP, the tenth address of --service-cluster-ip-range, 10.96.0.10); the node's agent runs the cluster DNS server; \"\" for none"
 	f.BoolVarP(&verbose, "verbose", "v", false, "log debug messages")
 	return cmd
@@ -176,6 +179,13 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 		}
 	}
 
+	if o.runtime == "containerd" && o.ingress.Enabled {
+		if err := ingress.EnsureDefaultClass(ctx, kube, log); err != nil {
+			stopServer()
+			return errors.Join(err, <-srvDone)
+		}
+	}
+
 	nodeCtx, stopNodes := context.WithCancel(ctx)
 	defer stopNodes()
 	nodesDone := make(chan error, 1)
@@ -195,6 +205,7 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) error {
 				PodCIDR: o.podCIDR, NodeIP: o.nodeIP, ClientCA: o.clientCA, StreamingAddr: o.streamingAddr, Log: log,
 				Proxy: o.proxy, ServiceCIDR: o.server.serviceCIDR, ClusterCIDR: o.clusterCIDR, DNS: o.dns,
 				NetworkConfig: o.networkConfig, CSIDriver: o.csiDriver, CSICapacity: o.csiCapacity,
+				Ingress: o.ingress,
 			})
 		}()
 	}

@@ -41,7 +41,7 @@ func TestStorageOnBerthUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := launchBerthCommand(bin, "up", dir, "--pod-cidr", hosttest.FreePodCIDR(t), "--proxy=false",
-		"--dns-server=false", "--streaming-address", "0.0.0.0:0", "--node-name", "storage-node", "--csi-capacity", "4Gi")
+		"--dns-server=false", "--ingress=false", "--streaming-address", "0.0.0.0:0", "--node-name", "storage-node", "--csi-capacity", "4Gi")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,7 @@ func Command(use string) *cobra.Command {
 		networkConfig                                            string
 		csiPluginsDir                                            string // CSI drivers' sockets
 		csiDriver, csiCapacity                                   string
+		ingressOpts                                              IngressOptions
 	)
 	cmd := &cobra.Command{
 		Use:   use,
@@ -84,7 +85,7 @@ running in their shims and are found again at the next start.`,
 				NodeIP: nodeIP, ClientCA: clientCA, StreamingAddr: streamingAddr, Log: log,
 				Proxy: runProxy, ServiceCIDR: serviceCIDR, ClusterCIDR: clusterCIDR, DNS: dnsOpts,
 				NetworkConfig: networkConfig, CSIPluginsDir: csiPluginsDir,
-				CSIDriver: csiDriver, CSICapacity: csiCapacity,
+				CSIDriver: csiDriver, CSICapacity: csiCapacity, Ingress: ingressOpts,
 			})
 		},
 	}
@@ -101,6 +102,7 @@ running in their shims and are found again at the next start.`,
 	f.StringVar(&streamingAddr, "streaming-address", agent.DefaultStreamingAddr, "host:port of the HTTPS endpoint the API server reaches for logs, exec, attach and port-forward")
 	AddProxyFlags(f, &runProxy, &serviceCIDR, &clusterCIDR)
 	AddDNSFlags(f, &dnsOpts, nil)
+	AddIngressFlags(f, &ingressOpts)
 	f.BoolVarP(&verbose, "verbose", "v", false, "log at debug level")
 	return cmd
 }

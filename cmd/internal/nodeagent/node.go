@@ -43,6 +43,8 @@ type Options struct {
 	// (bin/berth-csi-local, volumes under DataDir/csi-local), "" or "none" for none.
 	// CSICapacity is that driver's pool (--capacity; empty: the driver's default).
 	CSIDriver, CSICapacity string
+	// Ingress runs berth's Ingress controller beside the agent (--ingress and its ports).
+	Ingress IngressOptions
 }
 
 // DNSOptions are the agent's DNS settings (agent.Config's fields of the same names).
@@ -140,6 +142,18 @@ func Run(ctx context.Context, o Options) error {
 				proxyDone <- err
 			case <-actx.Done():
 			}
+		}()
+	}
+	if o.Ingress.Enabled {
+		ingressDone, err := startIngress(actx, o)
+		if err != nil {
+			return err
+		}
+		// The controller stops with the agent; one that fails is logged, and the node
+		// (its pods, the proxy) keeps running without Ingress.
+		defer func() {
+			stop()
+			<-ingressDone
 		}()
 	}
 	if runtimeDone != nil {
