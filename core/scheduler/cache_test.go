@@ -167,3 +167,41 @@ func TestSnapshotAffinityCounts(t *testing.T) {
 	c.RemoveNode("n2")
 	check("all gone", 0, 0)
 }
+
+// TestSnapshotIncrementalMatchesFresh changes nodes and pods in many small steps, updating
+// one snapshot after each; it must always equal a snapshot built from scratch (the cache
+// walks only the nodes changed since the last update, newest first).
+func TestSnapshotIncrementalMatchesFresh(t *testing.T) {
+	c, s := NewCache(time.Minute), NewSnapshot()
+	steps := []struct {
+		name string
+		do   func()
+	}{
+		{"three nodes", func() { c.AddNode(cacheNode("a")); c.AddNode(cacheNode("b")); c.AddNode(cacheNode("c")) }},
+		{"pod on b", func() { c.AddPod(boundPod("p1", "b", "1")) }},
+		{"pod on a, then b again", func() { c.AddPod(boundPod("p2", "a", "1")); c.AddPod(boundPod("p3", "b", "1")) }},
+		{"one node goes as another comes", func() { c.RemoveNode("c"); c.AddNode(cacheNode("d")) }},
+		{"a pod leaves the middle of the list", func() { c.RemovePod(boundPod("p2", "a", "1")) }},
+		{"node with a pod goes, pod-only entry stays", func() { c.RemoveNode("b") }},
+		{"its pods go too", func() { c.RemovePod(boundPod("p1", "b", "1")); c.RemovePod(boundPod("p3", "b", "1")) }},
+		{"b comes back", func() { c.AddNode(cacheNode("b")); c.AddPod(boundPod("p4", "b", "2")) }},
+		{"nothing changed", func() {}},
+	}
+	for _, st := range steps {
+		st.do()
+		c.UpdateSnapshot(s)
+		fresh := NewSnapshot()
+		c.UpdateSnapshot(fresh)
+		if got, want := names(s), names(fresh); got != want {
+			t.Fatalf("%s: snapshot lists %s, want %s", st.name, got, want)
+		}
+		if len(s.nodes) != len(fresh.nodes) {
+			t.Fatalf("%s: snapshot holds %d entries, want %d", st.name, len(s.nodes), len(fresh.nodes))
+		}
+		for _, n := range fresh.List() {
+			if got := s.Get(n.Name()); got.Requested.MilliCPU != n.Requested.MilliCPU || len(got.Pods) != len(n.Pods) {
+				t.Errorf("%s: node %s has %d pods, %dm cpu; want %d, %dm", st.name, n.Name(), len(got.Pods), got.Requested.MilliCPU, len(n.Pods), n.Requested.MilliCPU)
+			}
+		}
+	}
+}

@@ -203,6 +203,30 @@ func (c *Client) Score(ctx context.Context, cy Cycle, gen int64, names []string,
 	return r.Scores, nil, nil
 }
 
+// ScoreAndNormalize scores every named node and, when the plugin has NormalizeScore,
+// normalizes the scores in the same call; normalized is false when it did not (a plugin
+// without NormalizeScore, or built with an SDK older than this call): the caller then
+// calls NormalizeScore itself when the plugin announces it. Normalized scores are checked
+// to be in [MinNodeScore, MaxNodeScore].
+func (c *Client) ScoreAndNormalize(ctx context.Context, cy Cycle, gen int64, names []string) (scores []int64, normalized bool, st *Status, err error) {
+	r, err := c.rpc.Score(ctx, &schedulerv1.ScoreRequest{Cycle: cy.c, NodeGeneration: gen, NodeNames: names, Normalize: true})
+	if err != nil {
+		return nil, false, nil, rpcErr("Score", err)
+	}
+	if st := statusFromProto(r.Status); st != nil {
+		return nil, false, st, nil
+	}
+	if len(r.Scores) != len(names) {
+		return nil, false, nil, garbage("Score of %d nodes answered %d scores", len(names), len(r.Scores))
+	}
+	if r.Normalized {
+		if err := checkScores(names, r.Scores); err != nil {
+			return nil, false, nil, err
+		}
+	}
+	return r.Scores, r.Normalized, nil, nil
+}
+
 func checkScores(names []string, scores []int64) error {
 	for i, v := range scores {
 		if v < MinNodeScore || v > MaxNodeScore {

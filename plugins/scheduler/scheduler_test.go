@@ -186,6 +186,11 @@ func TestServerAndClient(t *testing.T) {
 	if err != nil || s != nil || norm[0] != 1 || norm[1] != 2 {
 		t.Errorf("normalize = %v, %v, %v", norm, s, err)
 	}
+	// Score and NormalizeScore in one round trip give what the two calls give.
+	both, normalized, s, err := c.ScoreAndNormalize(ctx, cy, 2, []string{"a", "bb"})
+	if err != nil || s != nil || !normalized || both[0] != 1 || both[1] != 2 {
+		t.Errorf("score and normalize = %v, %v, %v, %v; want [1 2], normalized", both, normalized, s, err)
+	}
 
 	r, s, err := c.PreFilter(ctx, cy)
 	if err != nil || s != nil || r != nil {
@@ -258,6 +263,10 @@ func TestExtensionPoints(t *testing.T) {
 	if sc, s, err := c.Score(ctx, cy, 1, []string{"a"}, true); err != nil || s != nil || sc[0] != 7 {
 		t.Errorf("score: %v %v %v", sc, s, err)
 	}
+	// Without NormalizeScore the scores come back as they are, and say so.
+	if sc, normalized, s, err := c.ScoreAndNormalize(ctx, cy, 1, []string{"a"}); err != nil || s != nil || normalized || sc[0] != 7 {
+		t.Errorf("score and normalize without NormalizeScore: %v %v %v %v", sc, normalized, s, err)
+	}
 }
 
 // liar answers with the wrong number of results, as a broken plugin in any language could.
@@ -289,6 +298,10 @@ func TestClientRefusesGarbage(t *testing.T) {
 	}
 	if _, _, err := c.Score(ctx, cy, 0, []string{"a"}, true); !errors.As(err, &pe) || pe.Msg != "Score of 1 nodes answered 3 scores" {
 		t.Errorf("score: err = %v", err)
+	}
+	// liar, like a plugin built before ScoreRequest.normalize, never says normalized.
+	if sc, normalized, _, err := c.ScoreAndNormalize(ctx, cy, 0, []string{"a", "b", "c"}); err != nil || normalized || len(sc) != 3 {
+		t.Errorf("score and normalize of an older plugin = %v, %v, %v; want its raw scores, not normalized", sc, normalized, err)
 	}
 	if err := c.SyncNodes(ctx, NodeDelta{Generation: 1, Full: true}); !errors.As(err, &pe) {
 		t.Errorf("sync: err = %v", err)

@@ -241,7 +241,23 @@ func (s *server) Score(ctx context.Context, req *schedulerv1.ScoreRequest) (*sch
 		}
 		scores[i] = v
 	}
-	return &schedulerv1.ScoreResponse{Scores: scores}, nil
+	np, ok := s.plugin.(NormalizeScorePlugin)
+	if !req.Normalize || !ok || !s.points[NormalizeScorePoint] {
+		return &schedulerv1.ScoreResponse{Scores: scores}, nil
+	}
+	// The host asked for normalized scores in this call: NormalizeScore, as its own call
+	// would run it, without the round trip.
+	ns := make([]NodeScore, len(scores))
+	for i := range ns {
+		ns[i] = NodeScore{Name: req.NodeNames[i], Score: scores[i]}
+	}
+	if st := np.NormalizeScore(ctx, pod, ns); !st.IsSuccess() {
+		return &schedulerv1.ScoreResponse{Status: st.toProto()}, nil
+	}
+	for i, sc := range ns {
+		scores[i] = sc.Score
+	}
+	return &schedulerv1.ScoreResponse{Scores: scores, Normalized: true}, nil
 }
 
 func (s *server) NormalizeScore(ctx context.Context, req *schedulerv1.NormalizeScoreRequest) (*schedulerv1.NormalizeScoreResponse, error) {

@@ -36,8 +36,12 @@ type Plugin struct {
 	down   string    // why it is down
 	info   scheduler.Info
 	cycles atomic.Int64
-	// cycleMu makes finding or creating a pod's cycleState atomic.
+	// cycleMu makes creating a pod's cycleState atomic (finding one takes no lock).
 	cycleMu sync.Mutex
+	// serving mirrors cur for the calls of the cycle, which read it for every node:
+	// an atomic load rather than a read lock that Filter and Score workers contend on.
+	serving atomic.Pointer[instance]
+	key     framework.StateKey
 
 	sync     nodeSync
 	restarts atomic.Int64
@@ -63,6 +67,7 @@ func newPlugin(f *Factory, name, path string, args []byte, timeout time.Duration
 		f: f, name: name, path: path, args: args, timeout: timeout,
 		log:  f.o.Log.With("plugin", name),
 		done: make(chan struct{}),
+		key:  framework.StateKey("external/" + name),
 	}
 }
 
@@ -147,17 +152,22 @@ func (p *Plugin) setUp(in *instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cur, p.down, p.info = in, "", in.info
+	p.serving.Store(in)
 }
 
 func (p *Plugin) setDown(reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cur, p.down = nil, reason
+	p.serving.Store(nil)
 }
 
 // current returns the serving instance, or the rejection that stands for the
 // plugin while it is down.
 func (p *Plugin) current() (*instance, *framework.Status) {
+	if in := p.serving.Load(); in != nil {
+		return in, nil
+	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.cur == nil {
@@ -238,15 +248,24 @@ type cycleState struct {
 // Clone shares the data: it is written once per cycle before Filter or Score reads it.
 func (c *cycleState) Clone() framework.StateData { return c }
 
-func (p *Plugin) stateKey() framework.StateKey { return framework.StateKey("external/" + p.name) }
+// stateKey is where the plugin's cycleState lives in the CycleState (made once: it is
+// looked up for every node).
+func (p *Plugin) stateKey() framework.StateKey { return p.key }
 
 // cycleOf returns the cycle of the pod, creating it when the plugin was not placed at
 // PreFilter (or the pod changed: Reserve gets the pod with its node set).
 func (p *Plugin) cycleOf(state *framework.CycleState, pod *corev1.Pod) (*cycleState, error) {
-	// Filter and Score run on many goroutines: one of them creates the cycle.
+	// Filter and Score run on many goroutines, for every node: the cycle usually exists
+	// (PreFilter made it), and reading it takes no lock. Otherwise one of them creates it.
+	key := p.stateKey()
+	if d, err := state.Read(key); err == nil {
+		if c, ok := d.(*cycleState); ok {
+			return c, nil
+		}
+	}
 	p.cycleMu.Lock()
 	defer p.cycleMu.Unlock()
-	if d, err := state.Read(p.stateKey()); err == nil {
+	if d, err := state.Read(key); err == nil {
 		if c, ok := d.(*cycleState); ok {
 			return c, nil
 		}
@@ -503,7 +522,17 @@ func (p *Plugin) score(ctx context.Context, in *instance, c *cycleState, gen int
 	var scores []int64
 	for attempt := 0; ; attempt++ {
 		cctx, cancel := p.callCtx(ctx)
-		res, s, err := in.rpc.Score(cctx, c.cycle, gen, names, !normalize)
+		var res []int64
+		var s *scheduler.Status
+		var err error
+		done := false
+		if normalize {
+			// One round trip where the plugin's SDK knows how; an older one answers
+			// raw scores and NormalizeScore follows as its own call.
+			res, done, s, err = in.rpc.ScoreAndNormalize(cctx, c.cycle, gen, names)
+		} else {
+			res, s, err = in.rpc.Score(cctx, c.cycle, gen, names, true)
+		}
 		cancel()
 		if errors.Is(err, scheduler.ErrNodesStale) && attempt == 0 {
 			var st *framework.Status
@@ -517,6 +546,9 @@ func (p *Plugin) score(ctx context.Context, in *instance, c *cycleState, gen int
 		}
 		if st := fromSDK(s); st != nil {
 			return nil, st
+		}
+		if done {
+			return res, nil
 		}
 		scores = res
 		break

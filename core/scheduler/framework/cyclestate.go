@@ -3,6 +3,7 @@ package framework
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // StateData is what a plugin keeps in the CycleState between its extension points.
@@ -16,57 +17,54 @@ type StateData interface {
 type StateKey string
 
 // CycleState is the scratch space of one scheduling cycle, shared by the plugins for one
-// pod. Filter and Score run in parallel over nodes, so it is safe for concurrent use.
+// pod. Filter and Score run in parallel over nodes, so it is safe for concurrent use; the
+// data is a sync.Map (written a few times per cycle, read for every node) so that those
+// reads do not contend on a lock, as in Kubernetes.
 type CycleState struct {
-	mu      sync.RWMutex
-	data    map[StateKey]StateData
+	data    sync.Map        // StateKey -> StateData
+	mu      sync.Mutex      // guards skipped
 	skipped map[string]bool // plugins that returned Skip at PreFilter or PreScore
 	// filters are the Filter plugins not skipped this cycle, fixed once PreFilter has run
 	// (nil before), so that filtering thousands of nodes does not look each one up.
-	filters []FilterPlugin
+	filters atomic.Pointer[[]FilterPlugin]
 }
 
 // NewCycleState returns an empty CycleState.
 func NewCycleState() *CycleState {
-	return &CycleState{data: map[StateKey]StateData{}, skipped: map[string]bool{}}
+	return &CycleState{skipped: map[string]bool{}}
 }
 
 // Read returns the data stored under key, or an error naming the key if there is none.
 func (c *CycleState) Read(key StateKey) (StateData, error) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if d, ok := c.data[key]; ok {
-		return d, nil
+	if d, ok := c.data.Load(key); ok {
+		return d.(StateData), nil
 	}
 	return nil, fmt.Errorf("reading %q from the cycle state: not found", key)
 }
 
 // Write stores data under key.
 func (c *CycleState) Write(key StateKey, d StateData) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.data[key] = d
+	c.data.Store(key, d)
 }
 
 // Delete removes key.
 func (c *CycleState) Delete(key StateKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.data, key)
+	c.data.Delete(key)
 }
 
 // Clone returns a copy whose entries are the entries' clones.
 func (c *CycleState) Clone() *CycleState {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
 	out := NewCycleState()
-	for k, v := range c.data {
-		out.data[k] = v.Clone()
-	}
+	c.data.Range(func(k, v any) bool {
+		out.data.Store(k, v.(StateData).Clone())
+		return true
+	})
+	c.mu.Lock()
 	for k, v := range c.skipped {
 		out.skipped[k] = v
 	}
-	out.filters = c.filters
+	c.mu.Unlock()
+	out.filters.Store(c.filters.Load())
 	return out
 }
 
@@ -77,7 +75,7 @@ func (c *CycleState) setSkipped(plugin string) {
 }
 
 func (c *CycleState) isSkipped(plugin string) bool {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.skipped[plugin]
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -216,13 +217,10 @@ func (f *Framework) RunPreFilter(ctx context.Context, state *CycleState, pod *co
 
 // activeFilters returns the Filter plugins PreFilter did not skip.
 func (f *Framework) activeFilters(state *CycleState) []FilterPlugin {
-	state.mu.RLock()
-	fs := state.filters
-	state.mu.RUnlock()
-	if fs != nil {
-		return fs
+	if fs := state.filters.Load(); fs != nil {
+		return *fs
 	}
-	fs = make([]FilterPlugin, 0, len(f.profile.Filter))
+	fs := make([]FilterPlugin, 0, len(f.profile.Filter))
 	for _, pl := range f.profile.Filter {
 		if !state.isSkipped("filter/" + pl.Name()) {
 			fs = append(fs, pl)
@@ -263,9 +261,7 @@ func (f *Framework) FindFeasibleNodes(ctx context.Context, state *CycleState, po
 	}
 	// The skipped plugins are known now: fix the list once for every node.
 	filters := f.activeFilters(state)
-	state.mu.Lock()
-	state.filters = filters
-	state.mu.Unlock()
+	state.filters.Store(&filters)
 	nodes := all
 	if !pre.AllNodes() {
 		nodes = make([]*NodeInfo, 0, pre.NodeNames.Len())
@@ -287,7 +283,14 @@ func (f *Framework) FindFeasibleNodes(ctx context.Context, state *CycleState, po
 
 	feasible := make([]*NodeInfo, want)
 	var found atomic.Int32
-	statuses := make([]*Status, len(nodes))
+	// Rejections are kept apart, under a lock: in a large cluster most nodes fit, and a
+	// slot per node would be thousands of pointers allocated in every cycle.
+	type rejection struct {
+		i int
+		s *Status
+	}
+	var rejectedMu sync.Mutex
+	var rejected []rejection
 	var firstErr error
 	var errOnce sync.Once
 	ctx, cancel := context.WithCancel(ctx)
@@ -305,18 +308,20 @@ func (f *Framework) FindFeasibleNodes(ctx context.Context, state *CycleState, po
 			}
 			feasible[k-1] = node
 		case s.IsRejected():
-			statuses[i] = s
+			rejectedMu.Lock()
+			rejected = append(rejected, rejection{i, s})
+			rejectedMu.Unlock()
 		default:
 			errOnce.Do(func() { firstErr = s.AsError() })
 			cancel()
 		}
 	})
 	feasible = feasible[:found.Load()]
-	for i, s := range statuses {
-		if s != nil {
-			diag.NodeToStatus.Set(nodes[(start+i)%len(nodes)].Name(), s)
-			diag.AddPluginStatus(s)
-		}
+	// In the order of the search, as a slot per node would have given them.
+	sort.Slice(rejected, func(a, b int) bool { return rejected[a].i < rejected[b].i })
+	for _, r := range rejected {
+		diag.NodeToStatus.Set(nodes[(start+r.i)%len(nodes)].Name(), r.s)
+		diag.AddPluginStatus(r.s)
 	}
 	processed := len(feasible) + diag.NodeToStatus.Len()
 	f.nextStart.Store(int64((start + processed) % len(all)))
@@ -371,9 +376,13 @@ func (f *Framework) ScoreNodes(ctx context.Context, state *CycleState, pod *core
 			plugins = append(plugins, p)
 		}
 	}
+	// One buffer for every plugin's scores, reused across cycles: at 5,000 nodes each cycle
+	// scores hundreds of nodes per plugin, and fresh slices every time fed the GC.
+	buf := getScoreBuffer(len(plugins) * len(nodes))
+	defer scoreBuffers.Put(buf)
 	scores := make([][]NodeScore, len(plugins))
 	for i := range plugins {
-		scores[i] = make([]NodeScore, len(nodes))
+		scores[i] = (*buf)[i*len(nodes) : (i+1)*len(nodes) : (i+1)*len(nodes)]
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -421,6 +430,20 @@ func (f *Framework) ScoreNodes(ctx context.Context, state *CycleState, pod *core
 		}
 	}
 	return totals, nil
+}
+
+// scoreBuffers holds *[]NodeScore buffers for ScoreNodes.
+var scoreBuffers sync.Pool
+
+// getScoreBuffer returns a buffer of n zeroed NodeScores from the pool.
+func getScoreBuffer(n int) *[]NodeScore {
+	if b, ok := scoreBuffers.Get().(*[]NodeScore); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		clear(*b)
+		return b
+	}
+	b := make([]NodeScore, n)
+	return &b
 }
 
 // SelectHost picks the node with the highest total score, breaking ties uniformly at

@@ -96,21 +96,29 @@ func Insufficient(req *framework.Resource, node *framework.NodeInfo) []Insuffici
 	if req.MilliCPU == 0 && req.Memory == 0 && req.EphemeralStorage == 0 && len(req.Scalar) == 0 {
 		return out
 	}
-	check := func(name corev1.ResourceName, want, used, capacity int64) {
-		if want > 0 && want > capacity-used {
-			out = append(out, InsufficientResource{name, "Insufficient " + string(name), want, used, capacity})
-		}
+	// No closure over out: it would move out to the heap on every call, and this runs
+	// for every node of every cycle.
+	out = appendInsufficient(out, corev1.ResourceCPU, req.MilliCPU, node.Requested.MilliCPU, node.Allocatable.MilliCPU)
+	out = appendInsufficient(out, corev1.ResourceMemory, req.Memory, node.Requested.Memory, node.Allocatable.Memory)
+	out = appendInsufficient(out, corev1.ResourceEphemeralStorage, req.EphemeralStorage, node.Requested.EphemeralStorage, node.Allocatable.EphemeralStorage)
+	if len(req.Scalar) == 0 {
+		return out
 	}
-	check(corev1.ResourceCPU, req.MilliCPU, node.Requested.MilliCPU, node.Allocatable.MilliCPU)
-	check(corev1.ResourceMemory, req.Memory, node.Requested.Memory, node.Allocatable.Memory)
-	check(corev1.ResourceEphemeralStorage, req.EphemeralStorage, node.Requested.EphemeralStorage, node.Allocatable.EphemeralStorage)
 	names := make([]corev1.ResourceName, 0, len(req.Scalar))
 	for name := range req.Scalar {
 		names = append(names, name)
 	}
 	sort.Slice(names, func(i, j int) bool { return names[i] < names[j] })
 	for _, name := range names {
-		check(name, req.Scalar[name], node.Requested.Scalar[name], node.Allocatable.Scalar[name])
+		out = appendInsufficient(out, name, req.Scalar[name], node.Requested.Scalar[name], node.Allocatable.Scalar[name])
+	}
+	return out
+}
+
+// appendInsufficient adds a resource to out when want does not fit in capacity-used.
+func appendInsufficient(out []InsufficientResource, name corev1.ResourceName, want, used, capacity int64) []InsufficientResource {
+	if want > 0 && want > capacity-used {
+		out = append(out, InsufficientResource{name, "Insufficient " + string(name), want, used, capacity})
 	}
 	return out
 }

@@ -1118,7 +1118,11 @@ type ScoreRequest struct {
 	Cycle          *Cycle                 `protobuf:"bytes,1,opt,name=cycle,proto3" json:"cycle,omitempty"`
 	NodeGeneration int64                  `protobuf:"varint,2,opt,name=node_generation,json=nodeGeneration,proto3" json:"node_generation,omitempty"`
 	// node_names are ALL the feasible nodes of the pod.
-	NodeNames     []string `protobuf:"bytes,3,rep,name=node_names,json=nodeNames,proto3" json:"node_names,omitempty"`
+	NodeNames []string `protobuf:"bytes,3,rep,name=node_names,json=nodeNames,proto3" json:"node_names,omitempty"`
+	// normalize asks a plugin that announces NORMALIZE_SCORE to run NormalizeScore over its
+	// scores in this call and answer the normalized ones. A plugin built before this field
+	// ignores it and answers normalized = false; the host then calls NormalizeScore.
+	Normalize     bool `protobuf:"varint,4,opt,name=normalize,proto3" json:"normalize,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1174,12 +1178,22 @@ func (x *ScoreRequest) GetNodeNames() []string {
 	return nil
 }
 
+func (x *ScoreRequest) GetNormalize() bool {
+	if x != nil {
+		return x.Normalize
+	}
+	return false
+}
+
 type ScoreResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// status other than SUCCESS fails the pod's scheduling attempt (as an error).
 	Status *Status `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
 	// scores has one entry per node of the request, in its order.
-	Scores        []int64 `protobuf:"varint,2,rep,packed,name=scores,proto3" json:"scores,omitempty"`
+	Scores []int64 `protobuf:"varint,2,rep,packed,name=scores,proto3" json:"scores,omitempty"`
+	// normalized says scores are already normalized (the request asked, and the plugin has
+	// NormalizeScore), each in [0, 100].
+	Normalized    bool `protobuf:"varint,3,opt,name=normalized,proto3" json:"normalized,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1226,6 +1240,13 @@ func (x *ScoreResponse) GetScores() []int64 {
 		return x.Scores
 	}
 	return nil
+}
+
+func (x *ScoreResponse) GetNormalized() bool {
+	if x != nil {
+		return x.Normalized
+	}
+	return false
 }
 
 type NormalizeScoreRequest struct {
@@ -1793,15 +1814,19 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"node_names\x18\x03 \x03(\tR\tnodeNames\"F\n" +
 	"\x10PreScoreResponse\x122\n" +
-	"\x06status\x18\x01 \x01(\v2\x1a.berth.scheduler.v1.StatusR\x06status\"\x87\x01\n" +
+	"\x06status\x18\x01 \x01(\v2\x1a.berth.scheduler.v1.StatusR\x06status\"\xa5\x01\n" +
 	"\fScoreRequest\x12/\n" +
 	"\x05cycle\x18\x01 \x01(\v2\x19.berth.scheduler.v1.CycleR\x05cycle\x12'\n" +
 	"\x0fnode_generation\x18\x02 \x01(\x03R\x0enodeGeneration\x12\x1d\n" +
 	"\n" +
-	"node_names\x18\x03 \x03(\tR\tnodeNames\"[\n" +
+	"node_names\x18\x03 \x03(\tR\tnodeNames\x12\x1c\n" +
+	"\tnormalize\x18\x04 \x01(\bR\tnormalize\"{\n" +
 	"\rScoreResponse\x122\n" +
 	"\x06status\x18\x01 \x01(\v2\x1a.berth.scheduler.v1.StatusR\x06status\x12\x16\n" +
-	"\x06scores\x18\x02 \x03(\x03R\x06scores\"\x7f\n" +
+	"\x06scores\x18\x02 \x03(\x03R\x06scores\x12\x1e\n" +
+	"\n" +
+	"normalized\x18\x03 \x01(\bR\n" +
+	"normalized\"\x7f\n" +
 	"\x15NormalizeScoreRequest\x12/\n" +
 	"\x05cycle\x18\x01 \x01(\v2\x19.berth.scheduler.v1.CycleR\x05cycle\x12\x1d\n" +
 	"\n" +

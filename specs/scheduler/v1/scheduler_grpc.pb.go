@@ -93,7 +93,9 @@ type SchedulerClient interface {
 	// PreScore runs once per pod with all the nodes that passed Filter, before Score.
 	PreScore(ctx context.Context, in *PreScoreRequest, opts ...grpc.CallOption) (*PreScoreResponse, error)
 	// Score ranks all the feasible nodes of a pod in one call: one int64 per node, in the
-	// order of the request. Without NormalizeScore every score must be in [0, 100].
+	// order of the request. Without NormalizeScore every score must be in [0, 100]. With
+	// ScoreRequest.normalize a plugin that has NormalizeScore runs it in the same call and
+	// says so (ScoreResponse.normalized), saving the host a round trip.
 	Score(ctx context.Context, in *ScoreRequest, opts ...grpc.CallOption) (*ScoreResponse, error)
 	// NormalizeScore rescales the plugin's own scores of one pod (as returned by Score)
 	// into [0, 100]; it is only called for plugins that announce NORMALIZE_SCORE.
@@ -282,7 +284,9 @@ type SchedulerServer interface {
 	// PreScore runs once per pod with all the nodes that passed Filter, before Score.
 	PreScore(context.Context, *PreScoreRequest) (*PreScoreResponse, error)
 	// Score ranks all the feasible nodes of a pod in one call: one int64 per node, in the
-	// order of the request. Without NormalizeScore every score must be in [0, 100].
+	// order of the request. Without NormalizeScore every score must be in [0, 100]. With
+	// ScoreRequest.normalize a plugin that has NormalizeScore runs it in the same call and
+	// says so (ScoreResponse.normalized), saving the host a round trip.
 	Score(context.Context, *ScoreRequest) (*ScoreResponse, error)
 	// NormalizeScore rescales the plugin's own scores of one pod (as returned by Score)
 	// into [0, 100]; it is only called for plugins that announce NORMALIZE_SCORE.
