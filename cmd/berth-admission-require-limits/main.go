@@ -1,7 +1,7 @@
 // Command berth-admission-require-limits is the example "require-limits" admission plugin
-// (plugins/examples/requirelimits), run by berth's API server as an external plugin.
+// (plugins/examples/require-limits), run by berth's API server as an external plugin.
 package main
 
-import "berth.dev/berth/plugins/examples/requirelimits"
+import requirelimits "berth.dev/berth/plugins/examples/require-limits"
 
 func main() { requirelimits.Main() }

@@ -4,13 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"berth.dev/berth/conformance/cni"
 	"berth.dev/berth/conformance/cri"
 	"berth.dev/berth/conformance/csi"
+	"berth.dev/berth/conformance/plugin"
 )
 
 // errTestsFailed makes the command exit non-zero once the report is out; the lines
@@ -27,14 +30,14 @@ func newConformanceCommand() *cobra.Command {
 	cmd.AddCommand(newConformanceCRICommand())
 	cmd.AddCommand(newConformanceCNICommand())
 	cmd.AddCommand(newConformanceCSICommand())
+	cmd.AddCommand(newConformancePluginCommand())
 	return cmd
 }
 
 // newConformanceCRICommand is `berth conformance cri`.
 func newConformanceCRICommand() *cobra.Command {
 	var cfg cri.Config
-	var junit, jsonFile string
-	var list bool
+	var sf suiteFlags
 	cmd := &cobra.Command{
 		Use:   "cri --endpoint unix:///path/to/socket",
 		Short: "Run the CRI conformance suite against a container runtime",
@@ -50,7 +53,7 @@ the command exits non-zero when a test fails.`, cri.DefaultImage, cri.RunLabel),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
-			if list {
+			if sf.list {
 				return listCRITests(out, cfg.Focus, cfg.Skip)
 			}
 			if cfg.Endpoint == "" {
@@ -58,25 +61,7 @@ the command exits non-zero when a test fails.`, cri.DefaultImage, cri.RunLabel),
 			}
 			cfg.Output = out
 			report, err := cri.Run(cmd.Context(), cfg)
-			if report != nil {
-				if junit != "" {
-					if werr := report.WriteFile(junit, (*cri.Report).WriteJUnit); werr != nil {
-						return werr
-					}
-				}
-				if jsonFile != "" {
-					if werr := report.WriteFile(jsonFile, (*cri.Report).WriteJSON); werr != nil {
-						return werr
-					}
-				}
-			}
-			if err != nil {
-				return err
-			}
-			if !report.OK() {
-				return errTestsFailed
-			}
-			return nil
+			return finishSuite(sf, report, err)
 		},
 	}
 	f := cmd.Flags()
@@ -85,12 +70,7 @@ the command exits non-zero when a test fails.`, cri.DefaultImage, cri.RunLabel),
 	f.StringVar(&cfg.Image, "image", cri.DefaultImage, "image the containers run; it must be present in the runtime")
 	f.StringVar(&cfg.RemovableImage, "removable-image", "", "a present image, other than --image, that image/remove may remove (skipped when empty)")
 	f.StringVar(&cfg.RuntimeHandler, "runtime-handler", "", "runtime handler (RuntimeClass) of the sandboxes")
-	f.StringVar(&cfg.Focus, "focus", "", "run only the tests whose names match this regular expression")
-	f.StringVar(&cfg.Skip, "skip", "", "skip the tests whose names match this regular expression")
-	f.StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
-	f.StringVar(&jsonFile, "json", "", "write a JSON report to this file")
-	f.DurationVar(&cfg.Timeout, "timeout", cri.DefaultTimeout, "timeout of each test")
-	f.BoolVar(&list, "list", false, "list the tests --focus and --skip select, and run none")
+	sf.add(f, &cfg.Focus, &cfg.Skip, &cfg.Timeout, cri.DefaultTimeout)
 	return cmd
 }
 
@@ -109,8 +89,7 @@ func listCRITests(w io.Writer, focus, skip string) error {
 // newConformanceCNICommand is `berth conformance cni`.
 func newConformanceCNICommand() *cobra.Command {
 	var cfg cni.Config
-	var junit, jsonFile string
-	var list bool
+	var sf suiteFlags
 	cmd := &cobra.Command{
 		Use:   "cni --bin-dir DIR --conf FILE",
 		Short: "Run the CNI conformance suite against a CNI plugin or chain",
@@ -128,7 +107,7 @@ N skipped"; the command exits non-zero when a test fails.`, cni.NamespacePrefix)
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
-			if list {
+			if sf.list {
 				sel, err := cni.NewSelection(cfg.Focus, cfg.Skip)
 				if err != nil {
 					return err
@@ -143,25 +122,7 @@ N skipped"; the command exits non-zero when a test fails.`, cni.NamespacePrefix)
 			}
 			cfg.Output = out
 			report, err := cni.Run(cmd.Context(), cfg)
-			if report != nil {
-				if junit != "" {
-					if werr := report.WriteFile(junit, (*cni.Report).WriteJUnit); werr != nil {
-						return werr
-					}
-				}
-				if jsonFile != "" {
-					if werr := report.WriteFile(jsonFile, (*cni.Report).WriteJSON); werr != nil {
-						return werr
-					}
-				}
-			}
-			if err != nil {
-				return err
-			}
-			if !report.OK() {
-				return errTestsFailed
-			}
-			return nil
+			return finishSuite(sf, report, err)
 		},
 	}
 	f := cmd.Flags()
@@ -169,20 +130,15 @@ N skipped"; the command exits non-zero when a test fails.`, cni.NamespacePrefix)
 	f.StringVar(&cfg.ConfFile, "conf", "", "network configuration file (.conf or .conflist)")
 	f.StringVar(&cfg.IfName, "ifname", cni.DefaultIfName, "interface name inside the namespaces")
 	f.IntVar(&cfg.IPAMAttachments, "ipam-attachments", cni.DefaultIPAMAttachments, "attachments ipam/unique and ipam/release make at once")
-	f.StringVar(&cfg.Focus, "focus", "", "run only the tests whose names match this regular expression")
-	f.StringVar(&cfg.Skip, "skip", "", "skip the tests whose names match this regular expression")
-	f.StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
-	f.StringVar(&jsonFile, "json", "", "write a JSON report to this file")
-	f.DurationVar(&cfg.Timeout, "timeout", cni.DefaultTimeout, "timeout of each test")
-	f.BoolVar(&list, "list", false, "list the tests --focus and --skip select, and run none")
+	sf.add(f, &cfg.Focus, &cfg.Skip, &cfg.Timeout, cni.DefaultTimeout)
 	return cmd
 }
 
 // newConformanceCSICommand is `berth conformance csi`.
 func newConformanceCSICommand() *cobra.Command {
 	var cfg csi.Config
-	var junit, jsonFile, size string
-	var list bool
+	var sf suiteFlags
+	var size string
 	cmd := &cobra.Command{
 		Use:   "csi --endpoint unix:///path/to/csi.sock",
 		Short: "Run the CSI conformance suite against a CSI driver",
@@ -201,15 +157,9 @@ then "N passed, N failed, N skipped"; the command exits non-zero when a test fai
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
-			if list {
+			if sf.list {
 				ts, err := csi.Select(csi.Tests(), cfg.Focus, cfg.Skip)
-				if err != nil {
-					return err
-				}
-				for _, t := range ts {
-					fmt.Fprintln(out, t.Name)
-				}
-				return nil
+				return listTests(out, ts, err, func(t csi.Test) string { return t.Name })
 			}
 			if cfg.Endpoint == "" {
 				return errors.New("--endpoint is required (the driver's CSI socket, e.g. unix:///var/lib/berth/plugins_registry/local.csi.berth.dev.sock)")
@@ -221,25 +171,7 @@ then "N passed, N failed, N skipped"; the command exits non-zero when a test fai
 			cfg.Size = q.Value()
 			cfg.Output = out
 			report, err := csi.Run(cmd.Context(), cfg)
-			if report != nil {
-				if junit != "" {
-					if werr := report.WriteFile(junit, (*csi.Report).WriteJUnit); werr != nil {
-						return werr
-					}
-				}
-				if jsonFile != "" {
-					if werr := report.WriteFile(jsonFile, (*csi.Report).WriteJSON); werr != nil {
-						return werr
-					}
-				}
-			}
-			if err != nil {
-				return err
-			}
-			if !report.OK() {
-				return errTestsFailed
-			}
-			return nil
+			return finishSuite(sf, report, err)
 		},
 	}
 	f := cmd.Flags()
@@ -248,11 +180,110 @@ then "N passed, N failed, N skipped"; the command exits non-zero when a test fai
 	f.StringVar(&cfg.TargetDir, "target-dir", "", "directory for the target paths (a temporary directory when empty)")
 	f.StringToStringVar(&cfg.Parameters, "param", nil, "a CreateVolume parameter k=v (repeatable), as a storage class's parameters")
 	f.StringVar(&size, "size", "64Mi", "size of the volumes the suite creates")
-	f.StringVar(&cfg.Focus, "focus", "", "run only the tests whose names match this regular expression")
-	f.StringVar(&cfg.Skip, "skip", "", "skip the tests whose names match this regular expression")
-	f.StringVar(&junit, "junit", "", "write a JUnit XML report to this file")
-	f.StringVar(&jsonFile, "json", "", "write a JSON report to this file")
-	f.DurationVar(&cfg.Timeout, "timeout", csi.DefaultTimeout, "timeout of each test")
-	f.BoolVar(&list, "list", false, "list the tests --focus and --skip select, and run none")
+	sf.add(f, &cfg.Focus, &cfg.Skip, &cfg.Timeout, csi.DefaultTimeout)
 	return cmd
+}
+
+// newConformancePluginCommand is `berth conformance plugin`.
+func newConformancePluginCommand() *cobra.Command {
+	var cfg plugin.Config
+	var sf suiteFlags
+	var args string
+	cmd := &cobra.Command{
+		Use:   "plugin --path BIN",
+		Short: "Check a scheduler or admission plugin binary against the plugin SDK's contract",
+		Long: `Run berth's plugin conformance suite against the plugin executable at --path, launched
+as berth's scheduler and API server launch plugins (go-plugin over gRPC). The plugin's
+kind, scheduler or admission, is the service that answers PluginInfo. The checks: the
+handshake and its protocol version; the name, version and API versions PluginInfo
+gives; that the declared extension points (or Mutate/Validate) answer and the others
+are refused; that every call answers within --deadline; scores within [0, 100]; the
+same answers to the same input; no nodes, empty pods and empty objects answered
+without a crash; verdicts and valid patches from admission plugins; and a clean exit
+when the host closes the connection.
+
+Each test runs against a process of its own. One line per test, then "N passed, N
+failed, N skipped"; the command exits non-zero when a test fails.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			if sf.list {
+				ts, err := plugin.Select(plugin.Tests(), cfg.Focus, cfg.Skip)
+				return listTests(out, ts, err, func(t plugin.Test) string { return t.Name })
+			}
+			if cfg.Path == "" {
+				return errors.New("--path is required (the plugin's executable, e.g. bin/berth-scheduler-cost)")
+			}
+			cfg.Args = []byte(args)
+			cfg.Output = out
+			report, err := plugin.Run(cmd.Context(), cfg)
+			return finishSuite(sf, report, err)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Path, "path", "", "the plugin's executable")
+	f.StringVar(&args, "args", "", "the plugin's arguments as JSON, passed to Configure (none when empty)")
+	f.DurationVar(&cfg.Deadline, "deadline", plugin.DefaultDeadline, "deadline of each call to the plugin")
+	sf.add(f, &cfg.Focus, &cfg.Skip, &cfg.Timeout, plugin.DefaultTimeout)
+	return cmd
+}
+
+// suiteFlags are the flags every conformance command has besides its suite's own.
+type suiteFlags struct {
+	junit, json string
+	list        bool
+}
+
+// add adds --focus, --skip, --junit, --json, --timeout (def by default) and --list.
+func (sf *suiteFlags) add(f *pflag.FlagSet, focus, skip *string, timeout *time.Duration, def time.Duration) {
+	f.StringVar(focus, "focus", "", "run only the tests whose names match this regular expression")
+	f.StringVar(skip, "skip", "", "skip the tests whose names match this regular expression")
+	f.StringVar(&sf.junit, "junit", "", "write a JUnit XML report to this file")
+	f.StringVar(&sf.json, "json", "", "write a JSON report to this file")
+	f.DurationVar(timeout, "timeout", def, "timeout of each test")
+	f.BoolVar(&sf.list, "list", false, "list the tests --focus and --skip select, and run none")
+}
+
+// suiteReport is a suite's report, as the commands use it.
+type suiteReport[R any] interface {
+	*R
+	OK() bool
+	WriteFile(path string, write func(*R, io.Writer) error) error
+	WriteJUnit(io.Writer) error
+	WriteJSON(io.Writer) error
+}
+
+// finishSuite writes the reports --junit and --json ask for, and makes the run's outcome
+// the command's: the run's error, errTestsFailed when a test failed, or nil.
+func finishSuite[R any, P suiteReport[R]](sf suiteFlags, report P, err error) error {
+	if report != nil {
+		if sf.junit != "" {
+			if werr := report.WriteFile(sf.junit, func(r *R, w io.Writer) error { return P(r).WriteJUnit(w) }); werr != nil {
+				return werr
+			}
+		}
+		if sf.json != "" {
+			if werr := report.WriteFile(sf.json, func(r *R, w io.Writer) error { return P(r).WriteJSON(w) }); werr != nil {
+				return werr
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !report.OK() {
+		return errTestsFailed
+	}
+	return nil
+}
+
+// listTests prints the names of the tests a selection returned.
+func listTests[T any](w io.Writer, ts []T, err error, name func(T) string) error {
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		fmt.Fprintln(w, name(t))
+	}
+	return nil
 }

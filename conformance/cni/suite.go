@@ -17,8 +17,6 @@ package cni
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -225,11 +223,11 @@ func (c *Config) defaults() error {
 		c.Output = io.Discard
 	}
 	if c.RunID == "" {
-		b := make([]byte, 3)
-		if _, err := rand.Read(b); err != nil {
-			return fmt.Errorf("run ID: %w", err)
+		id, err := harness.RunID(3)
+		if err != nil {
+			return err
 		}
-		c.RunID = hex.EncodeToString(b)
+		c.RunID = id
 	}
 	return nil
 }

@@ -20,8 +20,6 @@ package cri
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -209,11 +207,11 @@ func (c *Config) defaults() error {
 		c.Output = io.Discard
 	}
 	if c.RunID == "" {
-		b := make([]byte, 4)
-		if _, err := rand.Read(b); err != nil {
-			return fmt.Errorf("run ID: %w", err)
+		id, err := harness.RunID(4)
+		if err != nil {
+			return err
 		}
-		c.RunID = hex.EncodeToString(b)
+		c.RunID = id
 	}
 	return nil
 }

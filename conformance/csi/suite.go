@@ -21,8 +21,6 @@ package csi
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -102,17 +100,7 @@ const (
 
 // Select returns the tests of ts that focus and skip select, in their order.
 func Select(ts []Test, focus, skip string) ([]Test, error) {
-	sel, err := report.NewSelection(focus, skip)
-	if err != nil {
-		return nil, err
-	}
-	var out []Test
-	for _, t := range ts {
-		if sel.Selected(t.Name) {
-			out = append(out, t)
-		}
-	}
-	return out, nil
+	return harness.SelectBy(ts, func(t Test) string { return t.Name }, focus, skip)
 }
 
 func (c *Config) defaults() error {
@@ -129,11 +117,11 @@ func (c *Config) defaults() error {
 		c.Output = io.Discard
 	}
 	if c.RunID == "" {
-		b := make([]byte, 3)
-		if _, err := rand.Read(b); err != nil {
-			return fmt.Errorf("run ID: %w", err)
+		id, err := harness.RunID(3)
+		if err != nil {
+			return err
 		}
-		c.RunID = hex.EncodeToString(b)
+		c.RunID = id
 	}
 	return nil
 }

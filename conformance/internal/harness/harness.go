@@ -11,6 +11,8 @@ package harness
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -172,17 +174,7 @@ type Runner struct {
 // Select returns the tests of ts whose names focus and skip select (see
 // report.NewSelection), in their order.
 func Select(ts []Test, focus, skip string) ([]Test, error) {
-	sel, err := report.NewSelection(focus, skip)
-	if err != nil {
-		return nil, err
-	}
-	var out []Test
-	for _, t := range ts {
-		if sel.Selected(t.Name) {
-			out = append(out, t)
-		}
-	}
-	return out, nil
+	return SelectBy(ts, func(t Test) string { return t.Name }, focus, skip)
 }
 
 // Run runs tests in order, writes a line per test to r.Output and returns the results.
@@ -307,4 +299,30 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 // through a temporary file so that a reader never sees half a report.
 func (r *Report) WriteFile(path string, write func(*Report, io.Writer) error) error {
 	return report.WriteFile(path, func(w io.Writer) error { return write(r, w) })
+}
+
+// SelectBy returns the elements of ts whose names focus and skip select (see
+// report.NewSelection), in their order: Select for a suite's own test type.
+func SelectBy[E any](ts []E, name func(E) string, focus, skip string) ([]E, error) {
+	sel, err := report.NewSelection(focus, skip)
+	if err != nil {
+		return nil, err
+	}
+	var out []E
+	for _, t := range ts {
+		if sel.Selected(name(t)) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// RunID returns a random hex name of n bytes for a run's objects (sandboxes, volumes,
+// namespaces), so that runs side by side never touch each other's.
+func RunID(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("run ID: %w", err)
+	}
+	return hex.EncodeToString(b), nil
 }

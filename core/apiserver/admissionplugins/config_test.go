@@ -117,12 +117,12 @@ func TestLoadErrors(t *testing.T) {
 func TestExampleConfigurationLoads(t *testing.T) {
 	// The example's path points at bin/, which `make build` fills: check it with a
 	// stand-in binary at that place relative to a copy of the file.
-	data, err := os.ReadFile("../../../plugins/examples/requirelimits/admission-config.yaml")
+	data, err := os.ReadFile("../../../plugins/examples/require-limits/admission-config.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	root := t.TempDir()
-	dir := filepath.Join(root, "plugins", "examples", "requirelimits")
+	dir := filepath.Join(root, "plugins", "examples", "require-limits")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -110,6 +112,97 @@ func TestValidate(t *testing.T) {
 				t.Errorf("verdict %+v, want a denial containing %q", v, tc.deny)
 			}
 		})
+	}
+}
+
+// workload wraps a pod template in an object of kind, encoded as the API server sends it.
+func workload(t *testing.T, kind string, op admission.Operation, spec, oldSpec *corev1.PodSpec) *admission.Request {
+	t.Helper()
+	tmpl := func(s *corev1.PodSpec) corev1.PodTemplateSpec { return corev1.PodTemplateSpec{Spec: *s} }
+	enc := func(s *corev1.PodSpec) []byte {
+		if s == nil {
+			return nil
+		}
+		meta := metav1.ObjectMeta{Name: "w", Namespace: "d"}
+		var obj any
+		switch kind {
+		case "Deployment":
+			obj = &appsv1.Deployment{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: kind}, ObjectMeta: meta, Spec: appsv1.DeploymentSpec{Template: tmpl(s)}}
+		case "ReplicaSet":
+			obj = &appsv1.ReplicaSet{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: kind}, ObjectMeta: meta, Spec: appsv1.ReplicaSetSpec{Template: tmpl(s)}}
+		case "StatefulSet":
+			obj = &appsv1.StatefulSet{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: kind}, ObjectMeta: meta, Spec: appsv1.StatefulSetSpec{Template: tmpl(s)}}
+		case "DaemonSet":
+			obj = &appsv1.DaemonSet{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: kind}, ObjectMeta: meta, Spec: appsv1.DaemonSetSpec{Template: tmpl(s)}}
+		case "Job":
+			obj = &batchv1.Job{TypeMeta: metav1.TypeMeta{APIVersion: "batch/v1", Kind: kind}, ObjectMeta: meta, Spec: batchv1.JobSpec{Template: tmpl(s)}}
+		case "CronJob":
+			obj = &batchv1.CronJob{TypeMeta: metav1.TypeMeta{APIVersion: "batch/v1", Kind: kind}, ObjectMeta: meta,
+				Spec: batchv1.CronJobSpec{JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: tmpl(s)}}}}
+		default:
+			t.Fatalf("no workload kind %s", kind)
+		}
+		b, err := json.Marshal(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	group := "apps"
+	if kind == "Job" || kind == "CronJob" {
+		group = "batch"
+	}
+	return &admission.Request{
+		Operation: op, Resource: schema.GroupVersionResource{Group: group, Version: "v1", Resource: strings.ToLower(kind) + "s"},
+		Kind: schema.GroupVersionKind{Group: group, Version: "v1", Kind: kind}, Namespace: "d", Name: "w", Object: enc(spec), OldObject: enc(oldSpec),
+	}
+}
+
+func TestValidateWorkloads(t *testing.T) {
+	full := limits("cpu", "1", "memory", "1Gi")
+	bare := &corev1.PodSpec{InitContainers: []corev1.Container{{Name: "init", Resources: full}}, Containers: []corev1.Container{{Name: "app", Resources: limits("cpu", "1")}, {Name: "side", Resources: full}}}
+	good := &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Resources: full}}}
+	for _, kind := range []string{"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"} {
+		t.Run(kind, func(t *testing.T) {
+			v, err := New().Validate(context.Background(), workload(t, kind, admission.Create, bare, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := `pod template: container "app" has no memory limit`; v.Allowed || v.Message != want {
+				t.Errorf("verdict %+v, want a denial %q", v, want)
+			}
+			if v, err := New().Validate(context.Background(), workload(t, kind, admission.Create, good, nil)); err != nil || !v.Allowed {
+				t.Errorf("a template with limits: %+v, %v", v, err)
+			}
+			// An update that leaves the template as it was (a scale, a label) passes.
+			if v, err := New().Validate(context.Background(), workload(t, kind, admission.Update, bare, bare)); err != nil || !v.Allowed {
+				t.Errorf("an update keeping the old template: %+v, %v", v, err)
+			}
+		})
+	}
+	// Other kinds are not judged, even when they carry a pod template.
+	req := workload(t, "Deployment", admission.Create, bare, nil)
+	req.Kind.Kind = "PodTemplate"
+	if v, err := New().Validate(context.Background(), req); err != nil || !v.Allowed {
+		t.Errorf("a PodTemplate: %+v, %v", v, err)
+	}
+}
+
+func TestMutateDefaultsWorkloadTemplates(t *testing.T) {
+	p := configured(t, `{"defaultLimits":{"cpu":"500m","memory":"256Mi"}}`)
+	m, err := p.Mutate(context.Background(), workload(t, "CronJob", admission.Create, &corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}, nil))
+	if err != nil || !m.Allowed || m.PatchType != admission.WholeObject {
+		t.Fatalf("Mutate = %+v, %v", m, err)
+	}
+	var out batchv1.CronJob
+	if err := json.Unmarshal(m.Patch, &out); err != nil {
+		t.Fatal(err)
+	}
+	if l := out.Spec.JobTemplate.Spec.Template.Spec.Containers[0].Resources.Limits; l.Cpu().String() != "500m" || l.Memory().String() != "256Mi" {
+		t.Errorf("limits after Mutate: %v", l)
+	}
+	if out.Kind != "CronJob" || out.Name != "w" {
+		t.Errorf("Mutate changed the object's identity: %s %s", out.Kind, out.Name)
 	}
 }
 
