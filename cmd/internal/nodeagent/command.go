@@ -68,10 +68,12 @@ running in their shims and are found again at the next start.`,
 				return fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 			}
 			cfg.UserAgent = "berth-agent/" + nodeName
-			// kubelet's defaults since Kubernetes 1.27 (kubeAPIQPS 50, kubeAPIBurst 100);
-			// client-go's own 5/10 holds back pod status and the CSI sidecars' writes when
-			// many pods or claims arrive at once.
-			cfg.QPS, cfg.Burst = 50, 100
+			// kubelet's budget since Kubernetes 1.27 is 50 requests/s, burst 100; the agent
+			// also carries what Kubernetes runs as separate clients with budgets of their own
+			// (the CSI sidecars, kube-proxy's and CoreDNS's watches, an ingress controller),
+			// so it gets twice that rate and a deeper burst. client-go's own 5/10 held back
+			// pod status and a burst of claims for seconds.
+			cfg.QPS, cfg.Burst = 100, 300
 			kube, err := kubernetes.NewForConfig(cfg)
 			if err != nil {
 				return fmt.Errorf("API client: %w", err)

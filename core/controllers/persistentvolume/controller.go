@@ -77,6 +77,7 @@ type Controller struct {
 	nodes       corelisters.NodeLister
 	podIndex    cache.Indexer // by claimIndex
 	picks       recentPicks
+	waiting     waitingSaid
 
 	claimQueue  workqueue.TypedRateLimitingInterface[string]
 	volumeQueue workqueue.TypedRateLimitingInterface[string]
@@ -98,11 +99,17 @@ func New(kube kubernetes.Interface, factory informers.SharedInformerFactory, opt
 	if opts.ResyncPeriod <= 0 {
 		opts.ResyncPeriod = DefaultResyncPeriod
 	}
+	// Retries back off per key only (5 ms doubling to 5 min): client-go's default
+	// controller limiter adds a shared bucket of 10 retries/s, which turns the write
+	// conflicts of a burst of claims (a hundred binding at once) into seconds of waiting.
+	retry := func() workqueue.TypedRateLimiter[string] {
+		return workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Millisecond, 5*time.Minute)
+	}
 	c := &Controller{
 		kube: kube, opts: opts, recorder: opts.Recorder,
-		claimQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		claimQueue: workqueue.NewTypedRateLimitingQueueWithConfig(retry(),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "claims"}),
-		volumeQueue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		volumeQueue: workqueue.NewTypedRateLimitingQueueWithConfig(retry(),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "volumes"}),
 	}
 	if c.recorder == nil {

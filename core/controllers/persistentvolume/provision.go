@@ -67,10 +67,43 @@ func (c *Controller) provision(ctx context.Context, claim *corev1.PersistentVolu
 		}
 		claim = updated
 	}
-	c.recorder.Event(claim, corev1.EventTypeNormal, reasonExternalProvisioning, fmt.Sprintf("Waiting for a volume to be created either by the external provisioner '%s' "+
-		"or manually by the system administrator. If volume creation is delayed, please verify that "+
-		"the provisioner is running and correctly registered.", driver))
+	if c.waiting.due(claim.UID, time.Now(), c.opts.ResyncPeriod) {
+		c.recorder.Event(claim, corev1.EventTypeNormal, reasonExternalProvisioning, fmt.Sprintf("Waiting for a volume to be created either by the external provisioner '%s' "+
+			"or manually by the system administrator. If volume creation is delayed, please verify that "+
+			"the provisioner is running and correctly registered.", driver))
+	}
 	return claim, nil
+}
+
+// waitingSaid remembers when each claim was last told it waits for its provisioner, so
+// that the event repeats once per resync period, as on Kubernetes, rather than on every
+// update of the claim (a claim changes several times while it is provisioned, and each
+// repeated event is one more write for the API server during a burst of claims).
+type waitingSaid struct {
+	mu   sync.Mutex
+	last map[types.UID]time.Time
+}
+
+// due tells whether the claim should be told again now, and if so notes that it was.
+func (w *waitingSaid) due(uid types.UID, now time.Time, every time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t, ok := w.last[uid]; ok && now.Sub(t) < every {
+		return false
+	}
+	if w.last == nil {
+		w.last = map[types.UID]time.Time{}
+	}
+	if len(w.last) > 1000 {
+		// Claims bound or deleted long ago: forget them.
+		for k, t := range w.last {
+			if now.Sub(t) >= every {
+				delete(w.last, k)
+			}
+		}
+	}
+	w.last[uid] = now
+	return true
 }
 
 func annotationsEqual(a, b map[string]string) bool {
