@@ -151,7 +151,7 @@ func (h *Host) Stats(name string) (Stats, bool) {
 			defer p.mu.RUnlock()
 			s := Stats{Up: p.cur != nil, DownReason: p.down, Restarts: p.restarts.Load(), Info: p.info}
 			if p.cur != nil {
-				s.Pid = p.cur.pid
+				s.Pid = p.cur.PID
 			}
 			return s, true
 		}
@@ -328,20 +328,20 @@ func (p *plugin) call(ctx context.Context, name string, fn func(context.Context,
 	switch {
 	case errors.As(err, &pe):
 		reason := fmt.Sprintf("it answered %s with garbage (%s); restarting", name, pe.Msg)
-		in.fail(reason)
+		in.Fail(reason)
 		return &pluginFailure{reason: reason}
 	case ctx.Err() != nil:
 		return &pluginFailure{reason: fmt.Sprintf("the request ended before it answered %s: %v", name, ctx.Err())}
 	case status.Code(err) == codes.DeadlineExceeded:
 		reason := fmt.Sprintf("it did not answer %s within %s; restarting", name, p.cfg.Timeout)
-		in.fail(reason)
+		in.Fail(reason)
 		return &pluginFailure{reason: reason}
 	case status.Code(err) == codes.Unavailable:
 		reason := "its connection broke (" + status.Convert(errors.Unwrap(err)).Message() + ")"
-		if in.waitExited(500 * time.Millisecond) {
-			reason = in.exitReason()
+		if in.WaitExited(500 * time.Millisecond) {
+			reason = in.ExitReason()
 		}
-		in.fail(reason)
+		in.Fail(reason)
 		return &pluginFailure{reason: reason + "; restarting"}
 	}
 	// The plugin answered with an error of its own: it is alive, but could not decide.

@@ -4,129 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"os/exec"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-	goplugin "github.com/hashicorp/go-plugin"
-
+	"berth.dev/berth/core/internal/pluginproc"
 	"berth.dev/berth/plugins/admission"
 )
 
-// instance is one running process of a plugin. It fails once: the first reason wins, the
-// supervisor kills it and starts another.
+// instance is one running process of a plugin (its failure, exit and log handling in
+// core/internal/pluginproc), with the SDK's client and what the plugin said it is.
 type instance struct {
-	client *goplugin.Client
-	rpc    *admission.Client
-	info   admission.Info
-	pid    int
-
-	failOnce sync.Once
-	failed   chan struct{}
-	reason   string
-	// exitErr is the process' exit status as go-plugin logged it ("exit status 3").
-	exitErr atomic.Pointer[string]
-	// killed is set when the host kills the process, whose exit is then no news.
-	killed atomic.Bool
-	// stopWatch ends the exit watcher; watchDone closes when it has ended.
-	stopWatch chan struct{}
-	watchDone chan struct{}
-}
-
-func newInstance() *instance {
-	return &instance{failed: make(chan struct{}), stopWatch: make(chan struct{}), watchDone: make(chan struct{})}
-}
-
-// fail marks the instance failed for reason; later reasons are ignored.
-func (in *instance) fail(reason string) {
-	in.failOnce.Do(func() {
-		in.reason = reason
-		close(in.failed)
-	})
-}
-
-// exitReason describes how the process ended, once it has.
-func (in *instance) exitReason() string {
-	if e := in.exitErr.Load(); e != nil && *e != "" {
-		return fmt.Sprintf("it exited (%s)", *e)
-	}
-	return "it exited"
-}
-
-// waitExited waits up to d for the process to be gone (after a broken connection, so that
-// the reason names the exit rather than the connection).
-func (in *instance) waitExited(d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for !in.client.Exited() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return true
-}
-
-// kill ends the process at once (SIGKILL: a plugin that hangs would not stop gracefully)
-// and lets go-plugin clean up. The watcher must have been started.
-func (in *instance) kill() {
-	in.killed.Store(true)
-	close(in.stopWatch)
-	<-in.watchDone
-	if in.pid > 0 && !in.client.Exited() {
-		_ = syscall.Kill(in.pid, syscall.SIGKILL)
-	}
-	in.client.Kill()
-}
-
-// watch fails the instance when its process exits by itself.
-func (in *instance) watch() {
-	defer close(in.watchDone)
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-in.stopWatch:
-			return
-		case <-t.C:
-			if in.client.Exited() {
-				in.fail(in.exitReason())
-				return
-			}
-		}
-	}
-}
-
-// logSink forwards go-plugin's and the plugin's logs to slog, and catches the exit status
-// go-plugin logs when the process ends.
-type logSink struct {
-	log *slog.Logger
-	in  *instance
-}
-
-func (s *logSink) Accept(name string, level hclog.Level, msg string, args ...any) {
-	if msg == "plugin process exited" {
-		for i := 0; i+1 < len(args); i += 2 {
-			if k, _ := args[i].(string); k == "error" {
-				e := fmt.Sprint(args[i+1])
-				s.in.exitErr.Store(&e)
-			}
-		}
-	}
-	lvl := slog.LevelDebug
-	switch {
-	case s.in.killed.Load():
-	case level >= hclog.Error:
-		lvl = slog.LevelError
-	case level >= hclog.Warn:
-		lvl = slog.LevelWarn
-	}
-	s.log.Log(context.Background(), lvl, msg, append([]any{"logger", name}, args...)...)
+	*pluginproc.Process
+	rpc  *admission.Client
+	info admission.Info
 }
 
 // errRefused is a plugin this berth cannot use (no shared API version, another name,
@@ -139,27 +29,17 @@ func (e errRefused) Unwrap() error { return e.err }
 // launch starts one process of the plugin and brings it to the point of serving calls:
 // handshake, PluginInfo, API version negotiation, Configure.
 func (p *plugin) launch() (*instance, error) {
-	in := newInstance()
-	hl := hclog.NewInterceptLogger(&hclog.LoggerOptions{Name: "admission-plugin." + p.cfg.Name, Output: io.Discard, Level: hclog.Debug})
-	hl.RegisterSink(&logSink{log: p.log, in: in})
-	in.client = goplugin.NewClient(&goplugin.ClientConfig{
-		HandshakeConfig:  admission.Handshake,
-		Plugins:          admission.PluginSet(nil),
-		Cmd:              exec.Command(p.cfg.Path),
-		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
-		Logger:           hl,
-		StartTimeout:     p.o.StartTimeout,
+	proc, conn, err := pluginproc.Start(pluginproc.Config{
+		Path: p.cfg.Path, LogName: "admission-plugin." + p.cfg.Name, Log: p.log,
+		Handshake: admission.Handshake, Plugins: admission.PluginSet(nil), StartTimeout: p.o.StartTimeout,
 	})
-	fail := func(err error) (*instance, error) {
-		in.client.Kill()
-		return nil, err
-	}
-	conn, err := in.client.Client()
 	if err != nil {
-		return fail(fmt.Errorf("start admission plugin %s (%s): %w", p.cfg.Name, p.cfg.Path, err))
+		return nil, fmt.Errorf("start admission plugin %s (%s): %w", p.cfg.Name, p.cfg.Path, err)
 	}
-	if rc := in.client.ReattachConfig(); rc != nil {
-		in.pid = rc.Pid
+	in := &instance{Process: proc}
+	fail := func(err error) (*instance, error) {
+		in.Kill()
+		return nil, err
 	}
 	raw, err := conn.Dispense(admission.PluginName)
 	if err != nil {
@@ -187,8 +67,8 @@ func (p *plugin) launch() (*instance, error) {
 		return fail(errRefused{fmt.Errorf("admission plugin %s refused its args (%s:%d): %w", p.cfg.Name, p.cfg.File, p.cfg.Line, err)})
 	}
 	in.info = info
-	go in.watch()
-	p.log.Info("admission plugin started", "version", info.Version, "api", version, "pid", in.pid, "mutating", info.Mutating, "validating", info.Validating)
+	in.Watch()
+	p.log.Info("admission plugin started", "version", info.Version, "api", version, "pid", in.PID, "mutating", info.Mutating, "validating", info.Validating)
 	return in, nil
 }
 
@@ -202,13 +82,13 @@ func (p *plugin) supervise(ctx context.Context, in *instance) {
 		select {
 		case <-ctx.Done():
 			p.setDown("the API server is stopping")
-			in.kill()
+			in.Kill()
 			return
-		case <-in.failed:
+		case <-in.Failed():
 		}
-		in.kill()
-		p.setDown(in.reason)
-		p.log.Warn("admission plugin failed; restarting", "reason", in.reason, "backoff", backoff)
+		in.Kill()
+		p.setDown(in.Reason())
+		p.log.Warn("admission plugin failed; restarting", "reason", in.Reason(), "backoff", backoff)
 		if time.Since(started) > StableAfter {
 			backoff = p.o.MinBackoff
 		}

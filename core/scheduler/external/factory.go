@@ -154,7 +154,7 @@ func (f *Factory) Launch(name, path string, args []byte, timeout time.Duration) 
 	f.mu.Lock()
 	if other, ok := f.plugins[name]; ok || f.closed {
 		f.mu.Unlock()
-		inst.kill()
+		inst.Kill()
 		if ok {
 			return other, nil
 		}

@@ -143,7 +143,7 @@ func (p *Plugin) Stats() Stats {
 		DownReason: p.down,
 	}
 	if p.cur != nil {
-		s.Pid = p.cur.pid
+		s.Pid = p.cur.PID
 	}
 	return s
 }
@@ -197,18 +197,18 @@ func (p *Plugin) failed(ctx context.Context, in *instance, call string, err erro
 	switch {
 	case errors.As(err, &pe):
 		reason := fmt.Sprintf("it answered %s with garbage (%s)", call, pe.Msg)
-		in.fail(reason)
+		in.Fail(reason)
 		return p.unavailable(reason)
 	case ctx.Err() == nil && status.Code(err) == codes.DeadlineExceeded:
 		reason := fmt.Sprintf("it did not answer %s within %s", call, p.timeout)
-		in.fail(reason)
+		in.Fail(reason)
 		return p.unavailable(reason)
 	case ctx.Err() == nil && status.Code(err) == codes.Unavailable:
 		reason := "its connection broke: " + status.Convert(errors.Unwrap(err)).Message()
-		if in.waitExited(500 * time.Millisecond) {
-			reason = in.exitReason()
+		if in.WaitExited(500 * time.Millisecond) {
+			reason = in.ExitReason()
 		}
-		in.fail(reason)
+		in.Fail(reason)
 		return p.unavailable(reason)
 	}
 	return framework.AsStatus(fmt.Errorf("scheduler plugin %s: %s: %w", p.name, call, err))
