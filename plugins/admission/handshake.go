@@ -1,12 +1,9 @@
 package admission
 
 import (
-	"fmt"
-	"slices"
-	"strconv"
-	"strings"
-
 	"github.com/hashicorp/go-plugin"
+
+	"berth.dev/berth/plugins/internal/apiversion"
 )
 
 // Handshake is go-plugin's handshake between berth's API server and an admission plugin.
@@ -28,28 +25,5 @@ var APIVersions = []string{"v1"}
 // NegotiateAPIVersion picks the highest API version both the plugin and the host speak,
 // or explains why there is none, in words an operator can act on.
 func NegotiateAPIVersion(pluginName string, pluginVersions, hostVersions []string) (string, error) {
-	best, bestN := "", -1
-	for _, v := range pluginVersions {
-		n, ok := apiVersionNumber(v)
-		if ok && n > bestN && slices.Contains(hostVersions, v) {
-			best, bestN = v, n
-		}
-	}
-	if bestN >= 0 {
-		return best, nil
-	}
-	if len(pluginVersions) == 0 {
-		return "", fmt.Errorf("admission plugin %s announces no admission API version; this berth speaks %s", pluginName, strings.Join(hostVersions, ", "))
-	}
-	return "", fmt.Errorf("admission plugin %s speaks admission API %s; this berth speaks %s", pluginName, strings.Join(pluginVersions, ", "), strings.Join(hostVersions, ", "))
-}
-
-// apiVersionNumber parses "v3" as 3.
-func apiVersionNumber(v string) (int, bool) {
-	rest, ok := strings.CutPrefix(v, "v")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(rest)
-	return n, err == nil && n > 0
+	return apiversion.Negotiate("admission", "admission plugin", pluginName, pluginVersions, hostVersions)
 }

@@ -1,13 +1,9 @@
 package scheduler
 
 import (
-	"fmt"
-	"slices"
-	"strconv"
-	"strings"
-
 	"github.com/hashicorp/go-plugin"
 
+	"berth.dev/berth/plugins/internal/apiversion"
 	schedulerv1 "berth.dev/berth/specs/scheduler/v1"
 )
 
@@ -72,28 +68,5 @@ func PointName(p ExtensionPoint) string {
 // NegotiateAPIVersion picks the highest API version both the plugin and the host speak,
 // or explains why there is none, in words an operator can act on.
 func NegotiateAPIVersion(pluginName string, pluginVersions, hostVersions []string) (string, error) {
-	best, bestN := "", -1
-	for _, v := range pluginVersions {
-		n, ok := apiVersionNumber(v)
-		if ok && n > bestN && slices.Contains(hostVersions, v) {
-			best, bestN = v, n
-		}
-	}
-	if bestN >= 0 {
-		return best, nil
-	}
-	if len(pluginVersions) == 0 {
-		return "", fmt.Errorf("plugin %s announces no scheduler API version; this berth speaks %s", pluginName, strings.Join(hostVersions, ", "))
-	}
-	return "", fmt.Errorf("plugin %s speaks scheduler API %s; this berth speaks %s", pluginName, strings.Join(pluginVersions, ", "), strings.Join(hostVersions, ", "))
-}
-
-// apiVersionNumber parses "v3" as 3.
-func apiVersionNumber(v string) (int, bool) {
-	rest, ok := strings.CutPrefix(v, "v")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(rest)
-	return n, err == nil && n > 0
+	return apiversion.Negotiate("scheduler", "plugin", pluginName, pluginVersions, hostVersions)
 }
