@@ -12,9 +12,7 @@ package admissionplugins
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"berth.dev/berth/core/internal/yamlconf"
 	"berth.dev/berth/plugins/admission"
 )
 
@@ -118,23 +117,11 @@ func Load(path string) (*Configuration, error) {
 // Parse validates a configuration file's content; file names it in errors, and relative
 // plugin paths are resolved against its folder.
 func Parse(file string, data []byte) (*Configuration, error) {
-	d := &decoder{file: file, dir: filepath.Dir(file)}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s:1: empty file, want a %s of apiVersion %s", file, Kind, APIVersion)
-		}
-		return nil, fmt.Errorf("%s: %s", file, strings.TrimPrefix(err.Error(), "yaml: "))
+	root, err := yamlconf.Document(file, data, Kind, APIVersion)
+	if err != nil {
+		return nil, err
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		return nil, d.errf(&extra, "a second YAML document: the file holds one %s", Kind)
-	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = root.Content[0]
-	}
+	d := &decoder{yamlconf.Decoder{File: file, Dir: filepath.Dir(file)}}
 	c, err := d.configuration(root)
 	if err != nil {
 		return nil, err
@@ -143,73 +130,23 @@ func Parse(file string, data []byte) (*Configuration, error) {
 	return c, nil
 }
 
-// decoder walks the YAML nodes itself, so that every error can name its line and every
-// unknown field is refused.
+// decoder walks the YAML nodes itself (core/internal/yamlconf), so that every error can
+// name its line and every unknown field is refused.
 type decoder struct {
-	file, dir string
-}
-
-func (d *decoder) errf(n *yaml.Node, format string, args ...any) error {
-	return fmt.Errorf("%s:%d: %s", d.file, n.Line, fmt.Sprintf(format, args...))
-}
-
-// field is one key of a mapping and its value.
-type field struct{ key, value *yaml.Node }
-
-// fields checks that n is a mapping with only the allowed keys, each at most once.
-func (d *decoder) fields(n *yaml.Node, what string, allowed ...string) (map[string]field, error) {
-	if n.Kind != yaml.MappingNode {
-		return nil, d.errf(n, "%s: want a mapping, got %s", what, kindName(n))
-	}
-	out := map[string]field{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if !slices.Contains(allowed, k.Value) {
-			return nil, d.errf(k, "unknown field %q in %s (known: %s)", k.Value, what, strings.Join(allowed, ", "))
-		}
-		if _, dup := out[k.Value]; dup {
-			return nil, d.errf(k, "field %q given twice in %s", k.Value, what)
-		}
-		out[k.Value] = field{k, v}
-	}
-	return out, nil
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return "nothing"
-		}
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "an alias"
-}
-
-func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
-
-func (d *decoder) str(n *yaml.Node, what string) (string, error) {
-	if n.Kind != yaml.ScalarNode || isNull(n) {
-		return "", d.errf(n, "%s: want a string, got %s", what, kindName(n))
-	}
-	return n.Value, nil
+	yamlconf.Decoder
 }
 
 // strs reads a non-empty list of strings, each passed to check.
 func (d *decoder) strs(n *yaml.Node, what string, check func(*yaml.Node, string) error) ([]string, error) {
 	if n.Kind != yaml.SequenceNode {
-		return nil, d.errf(n, "%s: want a list, got %s", what, kindName(n))
+		return nil, d.Errf(n, "%s: want a list, got %s", what, yamlconf.KindName(n))
 	}
 	if len(n.Content) == 0 {
-		return nil, d.errf(n, "%s is empty: it would match nothing", what)
+		return nil, d.Errf(n, "%s is empty: it would match nothing", what)
 	}
 	out := make([]string, 0, len(n.Content))
 	for i, item := range n.Content {
-		s, err := d.str(item, fmt.Sprintf("%s[%d]", what, i))
+		s, err := d.Str(item, fmt.Sprintf("%s[%d]", what, i))
 		if err != nil {
 			return nil, err
 		}
@@ -222,40 +159,40 @@ func (d *decoder) strs(n *yaml.Node, what string, check func(*yaml.Node, string)
 }
 
 func (d *decoder) configuration(n *yaml.Node) (*Configuration, error) {
-	f, err := d.fields(n, "the configuration", "apiVersion", "kind", "plugins")
+	f, err := d.Fields(n, "the configuration", "apiVersion", "kind", "plugins")
 	if err != nil {
 		return nil, err
 	}
 	av, ok := f["apiVersion"]
 	if !ok {
-		return nil, d.errf(n, "apiVersion is missing, want %s", APIVersion)
+		return nil, d.Errf(n, "apiVersion is missing, want %s", APIVersion)
 	}
-	if s, _ := d.str(av.value, "apiVersion"); s != APIVersion {
-		return nil, d.errf(av.value, "apiVersion %s is not known, want %s", kindName(av.value), APIVersion)
+	if s, _ := d.Str(av.Value, "apiVersion"); s != APIVersion {
+		return nil, d.Errf(av.Value, "apiVersion %s is not known, want %s", yamlconf.KindName(av.Value), APIVersion)
 	}
 	kv, ok := f["kind"]
 	if !ok {
-		return nil, d.errf(n, "kind is missing, want %s", Kind)
+		return nil, d.Errf(n, "kind is missing, want %s", Kind)
 	}
-	if s, _ := d.str(kv.value, "kind"); s != Kind {
-		return nil, d.errf(kv.value, "kind %s is not known, want %s", kindName(kv.value), Kind)
+	if s, _ := d.Str(kv.Value, "kind"); s != Kind {
+		return nil, d.Errf(kv.Value, "kind %s is not known, want %s", yamlconf.KindName(kv.Value), Kind)
 	}
 	c := &Configuration{}
 	pv, ok := f["plugins"]
-	if !ok || isNull(pv.value) {
+	if !ok || yamlconf.IsNull(pv.Value) {
 		return c, nil
 	}
-	if pv.value.Kind != yaml.SequenceNode {
-		return nil, d.errf(pv.value, "plugins: want a list, got %s", kindName(pv.value))
+	if pv.Value.Kind != yaml.SequenceNode {
+		return nil, d.Errf(pv.Value, "plugins: want a list, got %s", yamlconf.KindName(pv.Value))
 	}
 	seen := map[string]int{}
-	for i, item := range pv.value.Content {
+	for i, item := range pv.Value.Content {
 		p, err := d.plugin(item, fmt.Sprintf("plugins[%d]", i))
 		if err != nil {
 			return nil, err
 		}
 		if line, dup := seen[p.Name]; dup {
-			return nil, d.errf(item, "plugin %q is configured twice (first at line %d)", p.Name, line)
+			return nil, d.Errf(item, "plugin %q is configured twice (first at line %d)", p.Name, line)
 		}
 		seen[p.Name] = item.Line
 		c.Plugins = append(c.Plugins, p)
@@ -264,35 +201,35 @@ func (d *decoder) configuration(n *yaml.Node) (*Configuration, error) {
 }
 
 func (d *decoder) plugin(n *yaml.Node, what string) (*PluginConfig, error) {
-	f, err := d.fields(n, what, "name", "path", "args", "failurePolicy", "timeout", "rules", "namespaceSelector")
+	f, err := d.Fields(n, what, "name", "path", "args", "failurePolicy", "timeout", "rules", "namespaceSelector")
 	if err != nil {
 		return nil, err
 	}
-	p := &PluginConfig{File: d.file, Line: n.Line, FailurePolicy: Fail, Timeout: DefaultTimeout}
+	p := &PluginConfig{File: d.File, Line: n.Line, FailurePolicy: Fail, Timeout: DefaultTimeout}
 	nv, ok := f["name"]
 	if !ok {
-		return nil, d.errf(n, "%s: name is missing", what)
+		return nil, d.Errf(n, "%s: name is missing", what)
 	}
-	if p.Name, err = d.str(nv.value, what+".name"); err != nil {
+	if p.Name, err = d.Str(nv.Value, what+".name"); err != nil {
 		return nil, err
 	}
 	if p.Name == "" {
-		return nil, d.errf(nv.value, "%s.name is empty", what)
+		return nil, d.Errf(nv.Value, "%s.name is empty", what)
 	}
 	what = fmt.Sprintf("plugin %q", p.Name)
 	pv, ok := f["path"]
 	if !ok {
-		return nil, d.errf(n, "%s: path is missing", what)
+		return nil, d.Errf(n, "%s: path is missing", what)
 	}
-	path, err := d.str(pv.value, what+": path")
+	path, err := d.Str(pv.Value, what+": path")
 	if err != nil {
 		return nil, err
 	}
 	if path == "" {
-		return nil, d.errf(pv.value, "%s: path is empty", what)
+		return nil, d.Errf(pv.Value, "%s: path is empty", what)
 	}
 	if !filepath.IsAbs(path) {
-		path = filepath.Join(d.dir, path)
+		path = filepath.Join(d.Dir, path)
 	}
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs
@@ -300,26 +237,26 @@ func (d *decoder) plugin(n *yaml.Node, what string) (*PluginConfig, error) {
 	st, err := os.Stat(path)
 	switch {
 	case err != nil:
-		return nil, d.errf(pv.value, "%s: %v", what, err)
+		return nil, d.Errf(pv.Value, "%s: %v", what, err)
 	case !st.Mode().IsRegular():
-		return nil, d.errf(pv.value, "%s: %s is not a regular file", what, path)
+		return nil, d.Errf(pv.Value, "%s: %s is not a regular file", what, path)
 	case st.Mode().Perm()&0o111 == 0:
-		return nil, d.errf(pv.value, "%s: %s is not executable", what, path)
+		return nil, d.Errf(pv.Value, "%s: %s is not executable", what, path)
 	}
 	p.Path = path
-	if av, ok := f["args"]; ok && !isNull(av.value) {
-		if av.value.Kind != yaml.MappingNode {
-			return nil, d.errf(av.value, "%s: args: want a mapping, got %s", what, kindName(av.value))
+	if av, ok := f["args"]; ok && !yamlconf.IsNull(av.Value) {
+		if av.Value.Kind != yaml.MappingNode {
+			return nil, d.Errf(av.Value, "%s: args: want a mapping, got %s", what, yamlconf.KindName(av.Value))
 		}
-		if err := av.value.Decode(&p.Args); err != nil {
-			return nil, d.errf(av.value, "%s: args: %v", what, err)
+		if err := av.Value.Decode(&p.Args); err != nil {
+			return nil, d.Errf(av.Value, "%s: args: %v", what, err)
 		}
 		if _, err := p.ArgsJSON(); err != nil {
-			return nil, d.errf(av.value, "%s: args: want a mapping with string keys, as JSON has: %v", what, err)
+			return nil, d.Errf(av.Value, "%s: args: want a mapping with string keys, as JSON has: %v", what, err)
 		}
 	}
 	if fv, ok := f["failurePolicy"]; ok {
-		s, err := d.str(fv.value, what+": failurePolicy")
+		s, err := d.Str(fv.Value, what+": failurePolicy")
 		if err != nil {
 			return nil, err
 		}
@@ -327,34 +264,34 @@ func (d *decoder) plugin(n *yaml.Node, what string) (*PluginConfig, error) {
 		case Fail, Ignore:
 			p.FailurePolicy = FailurePolicy(s)
 		default:
-			return nil, d.errf(fv.value, "%s: failurePolicy %q: want Fail or Ignore", what, s)
+			return nil, d.Errf(fv.Value, "%s: failurePolicy %q: want Fail or Ignore", what, s)
 		}
 	}
 	if tv, ok := f["timeout"]; ok {
-		s, err := d.str(tv.value, what+": timeout")
+		s, err := d.Str(tv.Value, what+": timeout")
 		if err != nil {
 			return nil, err
 		}
 		if p.Timeout, err = time.ParseDuration(s); err != nil || p.Timeout <= 0 || p.Timeout > MaxTimeout {
-			return nil, d.errf(tv.value, "%s: timeout %q: want a positive duration up to %s, such as 500ms or 2s", what, s, MaxTimeout)
+			return nil, d.Errf(tv.Value, "%s: timeout %q: want a positive duration up to %s, such as 500ms or 2s", what, s, MaxTimeout)
 		}
 	}
 	rv, ok := f["rules"]
-	if !ok || isNull(rv.value) {
-		return nil, d.errf(n, "%s: rules are missing: a plugin without rules would never be called", what)
+	if !ok || yamlconf.IsNull(rv.Value) {
+		return nil, d.Errf(n, "%s: rules are missing: a plugin without rules would never be called", what)
 	}
-	if rv.value.Kind != yaml.SequenceNode || len(rv.value.Content) == 0 {
-		return nil, d.errf(rv.value, "%s: rules: want a non-empty list, got %s", what, kindName(rv.value))
+	if rv.Value.Kind != yaml.SequenceNode || len(rv.Value.Content) == 0 {
+		return nil, d.Errf(rv.Value, "%s: rules: want a non-empty list, got %s", what, yamlconf.KindName(rv.Value))
 	}
-	for i, item := range rv.value.Content {
+	for i, item := range rv.Value.Content {
 		r, err := d.rule(item, fmt.Sprintf("%s: rules[%d]", what, i))
 		if err != nil {
 			return nil, err
 		}
 		p.Rules = append(p.Rules, r)
 	}
-	if sv, ok := f["namespaceSelector"]; ok && !isNull(sv.value) {
-		if p.NamespaceSelector, err = d.selector(sv.value, what+": namespaceSelector"); err != nil {
+	if sv, ok := f["namespaceSelector"]; ok && !yamlconf.IsNull(sv.Value) {
+		if p.NamespaceSelector, err = d.selector(sv.Value, what+": namespaceSelector"); err != nil {
 			return nil, err
 		}
 	}
@@ -362,22 +299,22 @@ func (d *decoder) plugin(n *yaml.Node, what string) (*PluginConfig, error) {
 }
 
 func (d *decoder) rule(n *yaml.Node, what string) (Rule, error) {
-	f, err := d.fields(n, what, "operations", "apiGroups", "resources")
+	f, err := d.Fields(n, what, "operations", "apiGroups", "resources")
 	if err != nil {
 		return Rule{}, err
 	}
 	for _, k := range []string{"operations", "apiGroups", "resources"} {
 		if _, ok := f[k]; !ok {
-			return Rule{}, d.errf(n, "%s: %s is missing", what, k)
+			return Rule{}, d.Errf(n, "%s: %s is missing", what, k)
 		}
 	}
 	var r Rule
-	ops, err := d.strs(f["operations"].value, what+".operations", func(n *yaml.Node, s string) error {
+	ops, err := d.strs(f["operations"].Value, what+".operations", func(n *yaml.Node, s string) error {
 		switch admission.Operation(s) {
 		case admission.Create, admission.Update, "*":
 			return nil
 		}
-		return d.errf(n, "%s.operations: %q: want CREATE, UPDATE or *", what, s)
+		return d.Errf(n, "%s.operations: %q: want CREATE, UPDATE or *", what, s)
 	})
 	if err != nil {
 		return Rule{}, err
@@ -385,12 +322,12 @@ func (d *decoder) rule(n *yaml.Node, what string) (Rule, error) {
 	for _, o := range ops {
 		r.Operations = append(r.Operations, admission.Operation(o))
 	}
-	if r.APIGroups, err = d.strs(f["apiGroups"].value, what+".apiGroups", func(*yaml.Node, string) error { return nil }); err != nil {
+	if r.APIGroups, err = d.strs(f["apiGroups"].Value, what+".apiGroups", func(*yaml.Node, string) error { return nil }); err != nil {
 		return Rule{}, err
 	}
-	r.Resources, err = d.strs(f["resources"].value, what+".resources", func(n *yaml.Node, s string) error {
+	r.Resources, err = d.strs(f["resources"].Value, what+".resources", func(n *yaml.Node, s string) error {
 		if s == "" || strings.Contains(s, "/") {
-			return d.errf(n, "%s.resources: %q: want a resource name such as pods, or * (subresources are not admitted by plugins)", what, s)
+			return d.Errf(n, "%s.resources: %q: want a resource name such as pods, or * (subresources are not admitted by plugins)", what, s)
 		}
 		return nil
 	})
@@ -401,21 +338,21 @@ func (d *decoder) rule(n *yaml.Node, what string) (Rule, error) {
 func (d *decoder) selector(n *yaml.Node, what string) (labels.Selector, error) {
 	var raw any
 	if err := n.Decode(&raw); err != nil {
-		return nil, d.errf(n, "%s: %v", what, err)
+		return nil, d.Errf(n, "%s: %v", what, err)
 	}
 	b, err := json.Marshal(raw)
 	if err != nil {
-		return nil, d.errf(n, "%s: want a label selector (matchLabels, matchExpressions): %v", what, err)
+		return nil, d.Errf(n, "%s: want a label selector (matchLabels, matchExpressions): %v", what, err)
 	}
 	var ls metav1.LabelSelector
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&ls); err != nil {
-		return nil, d.errf(n, "%s: want a label selector (matchLabels, matchExpressions): %v", what, err)
+		return nil, d.Errf(n, "%s: want a label selector (matchLabels, matchExpressions): %v", what, err)
 	}
 	sel, err := metav1.LabelSelectorAsSelector(&ls)
 	if err != nil {
-		return nil, d.errf(n, "%s: %v", what, err)
+		return nil, d.Errf(n, "%s: %v", what, err)
 	}
 	return sel, nil
 }

@@ -1,10 +1,7 @@
 package config
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +11,7 @@ import (
 	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 
+	"berth.dev/berth/core/internal/yamlconf"
 	"berth.dev/berth/core/scheduler/plugins"
 )
 
@@ -29,23 +27,11 @@ func Load(path string) (*Configuration, error) {
 // Parse validates a configuration file's content; file names it in errors, and relative
 // external plugin paths are resolved against its folder.
 func Parse(file string, data []byte) (*Configuration, error) {
-	d := &decoder{file: file, dir: filepath.Dir(file)}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s:1: empty file, want a %s of apiVersion %s", file, Kind, APIVersion)
-		}
-		return nil, fmt.Errorf("%s: %s", file, strings.TrimPrefix(err.Error(), "yaml: "))
+	root, err := yamlconf.Document(file, data, Kind, APIVersion)
+	if err != nil {
+		return nil, err
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		return nil, d.errf(&extra, "a second YAML document: the file holds one %s", Kind)
-	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = root.Content[0]
-	}
+	d := &decoder{yamlconf.Decoder{File: file, Dir: filepath.Dir(file)}}
 	c, err := d.configuration(root)
 	if err != nil {
 		return nil, err
@@ -54,82 +40,30 @@ func Parse(file string, data []byte) (*Configuration, error) {
 	return c, nil
 }
 
-// decoder walks the YAML nodes itself, so that every error can name its line and every
-// unknown field is refused.
+// decoder walks the YAML nodes itself (core/internal/yamlconf), so that every error can
+// name its line and every unknown field is refused.
 type decoder struct {
-	file, dir string
-}
-
-func (d *decoder) errf(n *yaml.Node, format string, args ...any) error {
-	return fmt.Errorf("%s:%d: %s", d.file, n.Line, fmt.Sprintf(format, args...))
-}
-
-// field is one key of a mapping and its value.
-type field struct{ key, value *yaml.Node }
-
-// fields checks that n is a mapping with only the allowed keys, each at most once.
-func (d *decoder) fields(n *yaml.Node, what string, allowed ...string) (map[string]field, error) {
-	if n.Kind != yaml.MappingNode {
-		return nil, d.errf(n, "%s: want a mapping, got %s", what, kindName(n))
-	}
-	out := map[string]field{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		known := false
-		for _, a := range allowed {
-			known = known || a == k.Value
-		}
-		if !known {
-			return nil, d.errf(k, "unknown field %q in %s (known: %s)", k.Value, what, strings.Join(allowed, ", "))
-		}
-		if _, dup := out[k.Value]; dup {
-			return nil, d.errf(k, "field %q given twice in %s", k.Value, what)
-		}
-		out[k.Value] = field{k, v}
-	}
-	return out, nil
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return "nothing"
-		}
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "an alias"
-}
-
-func (d *decoder) str(n *yaml.Node, what string) (string, error) {
-	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" || n.Tag == "!!map" || n.Tag == "!!seq" {
-		return "", d.errf(n, "%s: want a string, got %s", what, kindName(n))
-	}
-	return n.Value, nil
+	yamlconf.Decoder
 }
 
 func (d *decoder) int32(n *yaml.Node, what string) (int32, error) {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
-		return 0, d.errf(n, "%s: want a whole number, got %s", what, kindName(n))
+		return 0, d.Errf(n, "%s: want a whole number, got %s", what, yamlconf.KindName(n))
 	}
 	v, err := strconv.ParseInt(n.Value, 0, 32)
 	if err != nil {
-		return 0, d.errf(n, "%s: %q is not a 32-bit number", what, n.Value)
+		return 0, d.Errf(n, "%s: %q is not a 32-bit number", what, n.Value)
 	}
 	return int32(v), nil
 }
 
 func (d *decoder) bool(n *yaml.Node, what string) (bool, error) {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-		return false, d.errf(n, "%s: want true or false, got %s", what, kindName(n))
+		return false, d.Errf(n, "%s: want true or false, got %s", what, yamlconf.KindName(n))
 	}
 	var b bool
 	if err := n.Decode(&b); err != nil {
-		return false, d.errf(n, "%s: %v", what, err)
+		return false, d.Errf(n, "%s: %v", what, err)
 	}
 	return b, nil
 }
@@ -139,7 +73,7 @@ func (d *decoder) list(n *yaml.Node, what string) ([]*yaml.Node, error) {
 		return nil, nil
 	}
 	if n.Kind != yaml.SequenceNode {
-		return nil, d.errf(n, "%s: want a list, got %s", what, kindName(n))
+		return nil, d.Errf(n, "%s: want a list, got %s", what, yamlconf.KindName(n))
 	}
 	return n.Content, nil
 }
@@ -150,46 +84,46 @@ func (d *decoder) percentage(n *yaml.Node, what string) (int32, error) {
 		return 0, err
 	}
 	if v < 0 || v > 100 {
-		return 0, d.errf(n, "%s %d: want 0 (adaptive) to 100", what, v)
+		return 0, d.Errf(n, "%s %d: want 0 (adaptive) to 100", what, v)
 	}
 	return v, nil
 }
 
 func (d *decoder) configuration(n *yaml.Node) (*Configuration, error) {
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return nil, d.errf(n, "empty file, want a %s of apiVersion %s", Kind, APIVersion)
+		return nil, d.Errf(n, "empty file, want a %s of apiVersion %s", Kind, APIVersion)
 	}
-	f, err := d.fields(n, Kind, "apiVersion", "kind", "percentageOfNodesToScore", "profiles")
+	f, err := d.Fields(n, Kind, "apiVersion", "kind", "percentageOfNodesToScore", "profiles")
 	if err != nil {
 		return nil, err
 	}
 	av, ok := f["apiVersion"]
 	if !ok {
-		return nil, d.errf(n, "apiVersion is missing: want %s", APIVersion)
+		return nil, d.Errf(n, "apiVersion is missing: want %s", APIVersion)
 	}
-	if s, err := d.str(av.value, "apiVersion"); err != nil {
+	if s, err := d.Str(av.Value, "apiVersion"); err != nil {
 		return nil, err
 	} else if s != APIVersion {
-		return nil, d.errf(av.value, "apiVersion %q is not supported: want %s", s, APIVersion)
+		return nil, d.Errf(av.Value, "apiVersion %q is not supported: want %s", s, APIVersion)
 	}
 	k, ok := f["kind"]
 	if !ok {
-		return nil, d.errf(n, "kind is missing: want %s", Kind)
+		return nil, d.Errf(n, "kind is missing: want %s", Kind)
 	}
-	if s, err := d.str(k.value, "kind"); err != nil {
+	if s, err := d.Str(k.Value, "kind"); err != nil {
 		return nil, err
 	} else if s != Kind {
-		return nil, d.errf(k.value, "kind %q is not supported: want %s", s, Kind)
+		return nil, d.Errf(k.Value, "kind %q is not supported: want %s", s, Kind)
 	}
 	c := &Configuration{}
 	if p, ok := f["percentageOfNodesToScore"]; ok {
-		if c.PercentageOfNodesToScore, err = d.percentage(p.value, "percentageOfNodesToScore"); err != nil {
+		if c.PercentageOfNodesToScore, err = d.percentage(p.Value, "percentageOfNodesToScore"); err != nil {
 			return nil, err
 		}
 	}
 	var items []*yaml.Node
 	if p, ok := f["profiles"]; ok {
-		if items, err = d.list(p.value, "profiles"); err != nil {
+		if items, err = d.list(p.Value, "profiles"); err != nil {
 			return nil, err
 		}
 	}
@@ -201,13 +135,13 @@ func (d *decoder) configuration(n *yaml.Node) (*Configuration, error) {
 		}
 		r := resolve(p, probeImpl(p))
 		if n := len(r.points["queueSort"]); n != 1 {
-			return nil, d.errf(item, "profile %q has %d queueSort plugins %v, want exactly one", p.SchedulerName, n, r.points["queueSort"])
+			return nil, d.Errf(item, "profile %q has %d queueSort plugins %v, want exactly one", p.SchedulerName, n, r.points["queueSort"])
 		}
 		if len(r.points["bind"]) == 0 && len(p.External) == 0 {
-			return nil, d.errf(item, "profile %q has no bind plugin: it could not bind any pod", p.SchedulerName)
+			return nil, d.Errf(item, "profile %q has no bind plugin: it could not bind any pod", p.SchedulerName)
 		}
 		if j, dup := names[p.SchedulerName]; dup {
-			return nil, d.errf(item, "schedulerName %q is already the name of profiles[%d]", p.SchedulerName, j)
+			return nil, d.Errf(item, "schedulerName %q is already the name of profiles[%d]", p.SchedulerName, j)
 		}
 		names[p.SchedulerName] = i
 		c.Profiles = append(c.Profiles, *p)
@@ -220,28 +154,28 @@ func (d *decoder) configuration(n *yaml.Node) (*Configuration, error) {
 	for i := 1; i < len(c.Profiles); i++ {
 		if q := queueSortOf(&c.Profiles[i]); q != first {
 			return nil, fmt.Errorf("%s:%d: profile %q sorts its queue with %s, but profile %q with %s: every profile must use the same queueSort plugin",
-				d.file, c.Profiles[i].Line, c.Profiles[i].SchedulerName, q, c.Profiles[0].SchedulerName, first)
+				d.File, c.Profiles[i].Line, c.Profiles[i].SchedulerName, q, c.Profiles[0].SchedulerName, first)
 		}
 	}
 	return c, nil
 }
 
 func (d *decoder) profile(n *yaml.Node, what string) (*Profile, error) {
-	f, err := d.fields(n, what, "schedulerName", "percentageOfNodesToScore", "plugins", "pluginConfig", "externalPlugins")
+	f, err := d.Fields(n, what, "schedulerName", "percentageOfNodesToScore", "plugins", "pluginConfig", "externalPlugins")
 	if err != nil {
 		return nil, err
 	}
 	p := &Profile{SchedulerName: plugins.DefaultSchedulerName, Line: n.Line, PluginConfig: map[string]any{}}
 	if v, ok := f["schedulerName"]; ok {
-		if p.SchedulerName, err = d.str(v.value, what+".schedulerName"); err != nil {
+		if p.SchedulerName, err = d.Str(v.Value, what+".schedulerName"); err != nil {
 			return nil, err
 		}
 		if p.SchedulerName == "" {
-			return nil, d.errf(v.value, "%s.schedulerName is empty", what)
+			return nil, d.Errf(v.Value, "%s.schedulerName is empty", what)
 		}
 	}
 	if v, ok := f["percentageOfNodesToScore"]; ok {
-		pct, err := d.percentage(v.value, what+".percentageOfNodesToScore")
+		pct, err := d.percentage(v.Value, what+".percentageOfNodesToScore")
 		if err != nil {
 			return nil, err
 		}
@@ -250,7 +184,7 @@ func (d *decoder) profile(n *yaml.Node, what string) (*Profile, error) {
 	// External plugins first: their names are known plugin names in the rest of the profile.
 	external := map[string]bool{}
 	if v, ok := f["externalPlugins"]; ok {
-		items, err := d.list(v.value, what+".externalPlugins")
+		items, err := d.list(v.Value, what+".externalPlugins")
 		if err != nil {
 			return nil, err
 		}
@@ -260,19 +194,19 @@ func (d *decoder) profile(n *yaml.Node, what string) (*Profile, error) {
 				return nil, err
 			}
 			if external[e.Name] {
-				return nil, d.errf(item, "external plugin %q is declared twice", e.Name)
+				return nil, d.Errf(item, "external plugin %q is declared twice", e.Name)
 			}
 			external[e.Name] = true
 			p.External = append(p.External, *e)
 		}
 	}
 	if v, ok := f["plugins"]; ok {
-		if err := d.plugins(v.value, what+".plugins", &p.Plugins, external); err != nil {
+		if err := d.plugins(v.Value, what+".plugins", &p.Plugins, external); err != nil {
 			return nil, err
 		}
 	}
 	if v, ok := f["pluginConfig"]; ok {
-		items, err := d.list(v.value, what+".pluginConfig")
+		items, err := d.list(v.Value, what+".pluginConfig")
 		if err != nil {
 			return nil, err
 		}
@@ -287,7 +221,7 @@ func (d *decoder) profile(n *yaml.Node, what string) (*Profile, error) {
 
 func (d *decoder) plugins(n *yaml.Node, what string, out *Plugins, external map[string]bool) error {
 	points := append([]string{"multiPoint"}, extensionPoints...)
-	f, err := d.fields(n, what, points...)
+	f, err := d.Fields(n, what, points...)
 	if err != nil {
 		return err
 	}
@@ -296,7 +230,7 @@ func (d *decoder) plugins(n *yaml.Node, what string, out *Plugins, external map[
 		if !ok {
 			continue
 		}
-		pf, err := d.fields(v.value, what+"."+point, "enabled", "disabled")
+		pf, err := d.Fields(v.Value, what+"."+point, "enabled", "disabled")
 		if err != nil {
 			return err
 		}
@@ -306,7 +240,7 @@ func (d *decoder) plugins(n *yaml.Node, what string, out *Plugins, external map[
 			if !ok {
 				continue
 			}
-			items, err := d.list(lv.value, what+"."+point+"."+which)
+			items, err := d.list(lv.Value, what+"."+point+"."+which)
 			if err != nil {
 				return err
 			}
@@ -318,7 +252,7 @@ func (d *decoder) plugins(n *yaml.Node, what string, out *Plugins, external map[
 				if which == "enabled" {
 					for _, prev := range set.Enabled {
 						if prev.Name == pl.Name {
-							return d.errf(item, "plugin %q is enabled twice at %s", pl.Name, point)
+							return d.Errf(item, "plugin %q is enabled twice at %s", pl.Name, point)
 						}
 					}
 					set.Enabled = append(set.Enabled, *pl)
@@ -336,44 +270,44 @@ func (d *decoder) plugin(n *yaml.Node, what, point string, enabled bool, externa
 	if enabled {
 		allowed = append(allowed, "weight")
 	}
-	f, err := d.fields(n, what, allowed...)
+	f, err := d.Fields(n, what, allowed...)
 	if err != nil {
 		return nil, err
 	}
 	nv, ok := f["name"]
 	if !ok {
-		return nil, d.errf(n, "%s: name is missing", what)
+		return nil, d.Errf(n, "%s: name is missing", what)
 	}
-	pl := &Plugin{Line: nv.value.Line}
-	if pl.Name, err = d.str(nv.value, what+".name"); err != nil {
+	pl := &Plugin{Line: nv.Value.Line}
+	if pl.Name, err = d.Str(nv.Value, what+".name"); err != nil {
 		return nil, err
 	}
 	if pl.Name == "*" && !enabled {
 		return pl, nil
 	}
 	if pl.Name == "*" {
-		return nil, d.errf(nv.value, `"*" can only be disabled, not enabled`)
+		return nil, d.Errf(nv.Value, `"*" can only be disabled, not enabled`)
 	}
 	probe, inTree := probes[pl.Name]
 	if !inTree && !external[pl.Name] {
-		return nil, d.errf(nv.value, "unknown plugin %q (in-tree plugins: %s; an out-of-process plugin must be declared in externalPlugins)", pl.Name, strings.Join(plugins.Names(), ", "))
+		return nil, d.Errf(nv.Value, "unknown plugin %q (in-tree plugins: %s; an out-of-process plugin must be declared in externalPlugins)", pl.Name, strings.Join(plugins.Names(), ", "))
 	}
 	if enabled && inTree && !implements(probe, point) {
-		return nil, d.errf(nv.value, "plugin %q does not implement the %s extension point", pl.Name, point)
+		return nil, d.Errf(nv.Value, "plugin %q does not implement the %s extension point", pl.Name, point)
 	}
 	if w, ok := f["weight"]; ok {
 		if point != "score" && point != "multiPoint" {
-			return nil, d.errf(w.key, "weight of plugin %q at %s: a weight is only allowed at score or multiPoint", pl.Name, point)
+			return nil, d.Errf(w.Key, "weight of plugin %q at %s: a weight is only allowed at score or multiPoint", pl.Name, point)
 		}
-		v, err := d.int32(w.value, what+".weight")
+		v, err := d.int32(w.Value, what+".weight")
 		if err != nil {
 			return nil, err
 		}
 		if v <= 0 {
-			return nil, d.errf(w.value, "weight %d of plugin %q: want a positive weight (disable the plugin to turn its score off)", v, pl.Name)
+			return nil, d.Errf(w.Value, "weight %d of plugin %q: want a positive weight (disable the plugin to turn its score off)", v, pl.Name)
 		}
 		if point == "multiPoint" && inTree && !implements(probe, "score") {
-			return nil, d.errf(w.key, "weight of plugin %q: it does not score, so a weight means nothing", pl.Name)
+			return nil, d.Errf(w.Key, "weight of plugin %q: it does not score, so a weight means nothing", pl.Name)
 		}
 		pl.Weight = &v
 	}
@@ -381,37 +315,37 @@ func (d *decoder) plugin(n *yaml.Node, what, point string, enabled bool, externa
 }
 
 func (d *decoder) externalPlugin(n *yaml.Node, what string) (*ExternalPlugin, error) {
-	f, err := d.fields(n, what, "name", "path", "args", "timeout")
+	f, err := d.Fields(n, what, "name", "path", "args", "timeout")
 	if err != nil {
 		return nil, err
 	}
-	e := &ExternalPlugin{File: d.file, Line: n.Line}
+	e := &ExternalPlugin{File: d.File, Line: n.Line}
 	nv, ok := f["name"]
 	if !ok {
-		return nil, d.errf(n, "%s: name is missing", what)
+		return nil, d.Errf(n, "%s: name is missing", what)
 	}
-	if e.Name, err = d.str(nv.value, what+".name"); err != nil {
+	if e.Name, err = d.Str(nv.Value, what+".name"); err != nil {
 		return nil, err
 	}
 	if e.Name == "" || e.Name == "*" {
-		return nil, d.errf(nv.value, "%s: %q is not a plugin name", what, e.Name)
+		return nil, d.Errf(nv.Value, "%s: %q is not a plugin name", what, e.Name)
 	}
 	if plugins.IsInTree(e.Name) {
-		return nil, d.errf(nv.value, "external plugin %q has the name of an in-tree plugin", e.Name)
+		return nil, d.Errf(nv.Value, "external plugin %q has the name of an in-tree plugin", e.Name)
 	}
 	pv, ok := f["path"]
 	if !ok {
-		return nil, d.errf(n, "%s: path is missing", what)
+		return nil, d.Errf(n, "%s: path is missing", what)
 	}
-	path, err := d.str(pv.value, what+".path")
+	path, err := d.Str(pv.Value, what+".path")
 	if err != nil {
 		return nil, err
 	}
 	if path == "" {
-		return nil, d.errf(pv.value, "%s.path is empty", what)
+		return nil, d.Errf(pv.Value, "%s.path is empty", what)
 	}
 	if !filepath.IsAbs(path) {
-		path = filepath.Join(d.dir, path)
+		path = filepath.Join(d.Dir, path)
 	}
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs
@@ -419,86 +353,86 @@ func (d *decoder) externalPlugin(n *yaml.Node, what string) (*ExternalPlugin, er
 	st, err := os.Stat(path)
 	switch {
 	case err != nil:
-		return nil, d.errf(pv.value, "external plugin %q: %v", e.Name, err)
+		return nil, d.Errf(pv.Value, "external plugin %q: %v", e.Name, err)
 	case !st.Mode().IsRegular():
-		return nil, d.errf(pv.value, "external plugin %q: %s is not a regular file", e.Name, path)
+		return nil, d.Errf(pv.Value, "external plugin %q: %s is not a regular file", e.Name, path)
 	case st.Mode().Perm()&0o111 == 0:
-		return nil, d.errf(pv.value, "external plugin %q: %s is not executable", e.Name, path)
+		return nil, d.Errf(pv.Value, "external plugin %q: %s is not executable", e.Name, path)
 	}
 	e.Path = path
-	if av, ok := f["args"]; ok && !(av.value.Kind == yaml.ScalarNode && av.value.Tag == "!!null") {
-		if av.value.Kind != yaml.MappingNode {
-			return nil, d.errf(av.value, "%s.args: want a mapping, got %s", what, kindName(av.value))
+	if av, ok := f["args"]; ok && !(av.Value.Kind == yaml.ScalarNode && av.Value.Tag == "!!null") {
+		if av.Value.Kind != yaml.MappingNode {
+			return nil, d.Errf(av.Value, "%s.args: want a mapping, got %s", what, yamlconf.KindName(av.Value))
 		}
-		if err := av.value.Decode(&e.Args); err != nil {
-			return nil, d.errf(av.value, "%s.args: %v", what, err)
+		if err := av.Value.Decode(&e.Args); err != nil {
+			return nil, d.Errf(av.Value, "%s.args: %v", what, err)
 		}
 		if _, err := e.ArgsJSON(); err != nil {
-			return nil, d.errf(av.value, "%s.args: want a mapping with string keys, as JSON has: %v", what, err)
+			return nil, d.Errf(av.Value, "%s.args: want a mapping with string keys, as JSON has: %v", what, err)
 		}
 	}
 	if tv, ok := f["timeout"]; ok {
-		s, err := d.str(tv.value, what+".timeout")
+		s, err := d.Str(tv.Value, what+".timeout")
 		if err != nil {
 			return nil, err
 		}
 		if e.Timeout, err = time.ParseDuration(s); err != nil || e.Timeout <= 0 {
-			return nil, d.errf(tv.value, "%s.timeout %q: want a positive duration such as 500ms or 2s", what, s)
+			return nil, d.Errf(tv.Value, "%s.timeout %q: want a positive duration such as 500ms or 2s", what, s)
 		}
 	}
 	return e, nil
 }
 
 func (d *decoder) pluginConfig(n *yaml.Node, what string, p *Profile, external map[string]bool) error {
-	f, err := d.fields(n, what, "name", "args")
+	f, err := d.Fields(n, what, "name", "args")
 	if err != nil {
 		return err
 	}
 	nv, ok := f["name"]
 	if !ok {
-		return d.errf(n, "%s: name is missing", what)
+		return d.Errf(n, "%s: name is missing", what)
 	}
-	name, err := d.str(nv.value, what+".name")
+	name, err := d.Str(nv.Value, what+".name")
 	if err != nil {
 		return err
 	}
 	if _, dup := p.PluginConfig[name]; dup {
-		return d.errf(nv.value, "pluginConfig of plugin %q is given twice", name)
+		return d.Errf(nv.Value, "pluginConfig of plugin %q is given twice", name)
 	}
 	if external[name] {
-		return d.errf(nv.value, "plugin %q is external: give its args in externalPlugins", name)
+		return d.Errf(nv.Value, "plugin %q is external: give its args in externalPlugins", name)
 	}
 	if !plugins.IsInTree(name) {
-		return d.errf(nv.value, "pluginConfig of unknown plugin %q", name)
+		return d.Errf(nv.Value, "pluginConfig of unknown plugin %q", name)
 	}
 	av, ok := f["args"]
 	if !ok {
-		return d.errf(n, "%s: args are missing", what)
+		return d.Errf(n, "%s: args are missing", what)
 	}
 	var args any
 	switch name {
 	case plugins.NodeResourcesFitName:
-		args, err = d.fitArgs(av.value, what+".args")
+		args, err = d.fitArgs(av.Value, what+".args")
 	case plugins.InterPodAffinityName:
-		args, err = d.interPodArgs(av.value, what+".args")
+		args, err = d.interPodArgs(av.Value, what+".args")
 	case plugins.PodTopologySpreadName:
-		args, err = d.spreadArgs(av.value, what+".args")
+		args, err = d.spreadArgs(av.Value, what+".args")
 	default:
-		return d.errf(nv.value, "plugin %q takes no arguments", name)
+		return d.Errf(nv.Value, "plugin %q takes no arguments", name)
 	}
 	if err != nil {
 		return err
 	}
 	// Check the args as the plugin will, so that a bad value stops the start.
 	if _, err := plugins.New(name, args, plugins.DefaultOptions{}); err != nil {
-		return d.errf(av.value, "%v", err)
+		return d.Errf(av.Value, "%v", err)
 	}
 	p.PluginConfig[name] = args
 	return nil
 }
 
 func (d *decoder) fitArgs(n *yaml.Node, what string) (*plugins.NodeResourcesFitArgs, error) {
-	f, err := d.fields(n, what, "scoringStrategy")
+	f, err := d.Fields(n, what, "scoringStrategy")
 	if err != nil {
 		return nil, err
 	}
@@ -507,12 +441,12 @@ func (d *decoder) fitArgs(n *yaml.Node, what string) (*plugins.NodeResourcesFitA
 	if !ok {
 		return a, nil
 	}
-	sf, err := d.fields(sv.value, what+".scoringStrategy", "type", "resources")
+	sf, err := d.Fields(sv.Value, what+".scoringStrategy", "type", "resources")
 	if err != nil {
 		return nil, err
 	}
 	if tv, ok := sf["type"]; ok {
-		s, err := d.str(tv.value, what+".scoringStrategy.type")
+		s, err := d.Str(tv.Value, what+".scoringStrategy.type")
 		if err != nil {
 			return nil, err
 		}
@@ -520,36 +454,36 @@ func (d *decoder) fitArgs(n *yaml.Node, what string) (*plugins.NodeResourcesFitA
 		case plugins.LeastAllocated, plugins.MostAllocated:
 			a.Strategy = plugins.ScoringStrategy(s)
 		default:
-			return nil, d.errf(tv.value, "scoringStrategy type %q is not supported: want %s or %s", s, plugins.LeastAllocated, plugins.MostAllocated)
+			return nil, d.Errf(tv.Value, "scoringStrategy type %q is not supported: want %s or %s", s, plugins.LeastAllocated, plugins.MostAllocated)
 		}
 	}
 	if rv, ok := sf["resources"]; ok {
-		items, err := d.list(rv.value, what+".scoringStrategy.resources")
+		items, err := d.list(rv.Value, what+".scoringStrategy.resources")
 		if err != nil {
 			return nil, err
 		}
 		for i, item := range items {
 			w := fmt.Sprintf("%s.scoringStrategy.resources[%d]", what, i)
-			rf, err := d.fields(item, w, "name", "weight")
+			rf, err := d.Fields(item, w, "name", "weight")
 			if err != nil {
 				return nil, err
 			}
 			nv, ok := rf["name"]
 			if !ok {
-				return nil, d.errf(item, "%s: name is missing", w)
+				return nil, d.Errf(item, "%s: name is missing", w)
 			}
-			name, err := d.str(nv.value, w+".name")
+			name, err := d.Str(nv.Value, w+".name")
 			if err != nil {
 				return nil, err
 			}
 			r := plugins.ResourceWeight{Name: corev1.ResourceName(name), Weight: 1}
 			if wv, ok := rf["weight"]; ok {
-				v, err := d.int32(wv.value, w+".weight")
+				v, err := d.int32(wv.Value, w+".weight")
 				if err != nil {
 					return nil, err
 				}
 				if v <= 0 || v > 100 {
-					return nil, d.errf(wv.value, "weight %d of resource %s: want 1 to 100", v, name)
+					return nil, d.Errf(wv.Value, "weight %d of resource %s: want 1 to 100", v, name)
 				}
 				r.Weight = int64(v)
 			}
@@ -560,21 +494,21 @@ func (d *decoder) fitArgs(n *yaml.Node, what string) (*plugins.NodeResourcesFitA
 }
 
 func (d *decoder) interPodArgs(n *yaml.Node, what string) (*plugins.InterPodAffinityArgs, error) {
-	f, err := d.fields(n, what, "hardPodAffinityWeight", "ignorePreferredTermsOfExistingPods")
+	f, err := d.Fields(n, what, "hardPodAffinityWeight", "ignorePreferredTermsOfExistingPods")
 	if err != nil {
 		return nil, err
 	}
 	a := plugins.DefaultInterPodAffinityArgs()
 	if v, ok := f["hardPodAffinityWeight"]; ok {
-		if a.HardPodAffinityWeight, err = d.int32(v.value, what+".hardPodAffinityWeight"); err != nil {
+		if a.HardPodAffinityWeight, err = d.int32(v.Value, what+".hardPodAffinityWeight"); err != nil {
 			return nil, err
 		}
 		if a.HardPodAffinityWeight < 0 || a.HardPodAffinityWeight > 100 {
-			return nil, d.errf(v.value, "hardPodAffinityWeight %d: want 0 to 100", a.HardPodAffinityWeight)
+			return nil, d.Errf(v.Value, "hardPodAffinityWeight %d: want 0 to 100", a.HardPodAffinityWeight)
 		}
 	}
 	if v, ok := f["ignorePreferredTermsOfExistingPods"]; ok {
-		if a.IgnorePreferredTermsOfExistingPods, err = d.bool(v.value, what+".ignorePreferredTermsOfExistingPods"); err != nil {
+		if a.IgnorePreferredTermsOfExistingPods, err = d.bool(v.Value, what+".ignorePreferredTermsOfExistingPods"); err != nil {
 			return nil, err
 		}
 	}
@@ -582,57 +516,57 @@ func (d *decoder) interPodArgs(n *yaml.Node, what string) (*plugins.InterPodAffi
 }
 
 func (d *decoder) spreadArgs(n *yaml.Node, what string) (*plugins.PodTopologySpreadArgs, error) {
-	f, err := d.fields(n, what, "defaultConstraints", "defaultingType")
+	f, err := d.Fields(n, what, "defaultConstraints", "defaultingType")
 	if err != nil {
 		return nil, err
 	}
 	a := &plugins.PodTopologySpreadArgs{DefaultingType: plugins.SystemDefaulting}
 	if v, ok := f["defaultingType"]; ok {
-		s, err := d.str(v.value, what+".defaultingType")
+		s, err := d.Str(v.Value, what+".defaultingType")
 		if err != nil {
 			return nil, err
 		}
 		if s != string(plugins.SystemDefaulting) && s != string(plugins.ListDefaulting) {
-			return nil, d.errf(v.value, "defaultingType %q: want %s or %s", s, plugins.SystemDefaulting, plugins.ListDefaulting)
+			return nil, d.Errf(v.Value, "defaultingType %q: want %s or %s", s, plugins.SystemDefaulting, plugins.ListDefaulting)
 		}
 		a.DefaultingType = plugins.DefaultingType(s)
 	}
 	if v, ok := f["defaultConstraints"]; ok {
-		items, err := d.list(v.value, what+".defaultConstraints")
+		items, err := d.list(v.Value, what+".defaultConstraints")
 		if err != nil {
 			return nil, err
 		}
 		if len(items) > 0 && a.DefaultingType != plugins.ListDefaulting {
-			return nil, d.errf(v.key, "defaultConstraints need defaultingType: %s", plugins.ListDefaulting)
+			return nil, d.Errf(v.Key, "defaultConstraints need defaultingType: %s", plugins.ListDefaulting)
 		}
 		for i, item := range items {
 			w := fmt.Sprintf("%s.defaultConstraints[%d]", what, i)
-			cf, err := d.fields(item, w, "maxSkew", "topologyKey", "whenUnsatisfiable")
+			cf, err := d.Fields(item, w, "maxSkew", "topologyKey", "whenUnsatisfiable")
 			if err != nil {
 				return nil, err
 			}
 			var c corev1.TopologySpreadConstraint
 			if mv, ok := cf["maxSkew"]; !ok {
-				return nil, d.errf(item, "%s: maxSkew is missing", w)
-			} else if c.MaxSkew, err = d.int32(mv.value, w+".maxSkew"); err != nil {
+				return nil, d.Errf(item, "%s: maxSkew is missing", w)
+			} else if c.MaxSkew, err = d.int32(mv.Value, w+".maxSkew"); err != nil {
 				return nil, err
 			} else if c.MaxSkew <= 0 {
-				return nil, d.errf(mv.value, "maxSkew %d: want a positive number", c.MaxSkew)
+				return nil, d.Errf(mv.Value, "maxSkew %d: want a positive number", c.MaxSkew)
 			}
 			if tv, ok := cf["topologyKey"]; !ok {
-				return nil, d.errf(item, "%s: topologyKey is missing", w)
-			} else if c.TopologyKey, err = d.str(tv.value, w+".topologyKey"); err != nil {
+				return nil, d.Errf(item, "%s: topologyKey is missing", w)
+			} else if c.TopologyKey, err = d.Str(tv.Value, w+".topologyKey"); err != nil {
 				return nil, err
 			}
 			if uv, ok := cf["whenUnsatisfiable"]; !ok {
-				return nil, d.errf(item, "%s: whenUnsatisfiable is missing", w)
+				return nil, d.Errf(item, "%s: whenUnsatisfiable is missing", w)
 			} else {
-				s, err := d.str(uv.value, w+".whenUnsatisfiable")
+				s, err := d.Str(uv.Value, w+".whenUnsatisfiable")
 				if err != nil {
 					return nil, err
 				}
 				if s != string(corev1.DoNotSchedule) && s != string(corev1.ScheduleAnyway) {
-					return nil, d.errf(uv.value, "whenUnsatisfiable %q: want %s or %s", s, corev1.DoNotSchedule, corev1.ScheduleAnyway)
+					return nil, d.Errf(uv.Value, "whenUnsatisfiable %q: want %s or %s", s, corev1.DoNotSchedule, corev1.ScheduleAnyway)
 				}
 				c.WhenUnsatisfiable = corev1.UnsatisfiableConstraintAction(s)
 			}
