@@ -97,6 +97,9 @@ func (a *Agent) syncDeleted(ctx context.Context, key string, pod *corev1.Pod, sa
 	if err := a.tearDownVolumes(ctx, pod.UID); err != nil {
 		return fmt.Errorf("pod %s: %w", key, err)
 	}
+	// Its logs go before the pod object does too: once the pod is gone from the API,
+	// nothing of it is left on the node.
+	a.removeLogs(pod.Namespace, pod.Name, pod.UID)
 	err := a.cfg.Kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 		GracePeriodSeconds: new(int64),
 		Preconditions:      &metav1.Preconditions{UID: &pod.UID},
@@ -105,8 +108,20 @@ func (a *Agent) syncDeleted(ctx context.Context, key string, pod *corev1.Pod, sa
 		return fmt.Errorf("confirm deletion of pod %s: %w", key, err)
 	}
 	a.forget(pod.UID, containerNames(pod))
-	a.removeLogs(pod.Namespace, pod.Name, pod.UID)
 	return nil
+}
+
+// sortSandboxes orders a pod's sandboxes newest first: by attempt, then by creation
+// time. The attempt decides: a sandbox whose creation failed half-way has no creation
+// time, and the next attempt must come after every one the runtime still holds (it
+// refuses a name, pod and attempt, that it has reserved).
+func sortSandboxes(sandboxes []*runtimeapi.PodSandbox) {
+	sort.SliceStable(sandboxes, func(i, j int) bool {
+		if ai, aj := sandboxes[i].GetMetadata().GetAttempt(), sandboxes[j].GetMetadata().GetAttempt(); ai != aj {
+			return ai > aj
+		}
+		return sandboxes[i].CreatedAt > sandboxes[j].CreatedAt
+	})
 }
 
 func containerNames(pod *corev1.Pod) []string {
@@ -123,7 +138,7 @@ func containerNames(pod *corev1.Pod) []string {
 // syncLive runs a pod that is not being deleted: its sandbox, then its containers in
 // order, restarting exited ones as its restartPolicy says, and reports its status.
 func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runtimeapi.PodSandbox) (time.Duration, error) {
-	sort.Slice(sandboxes, func(i, j int) bool { return sandboxes[i].CreatedAt > sandboxes[j].CreatedAt })
+	sortSandboxes(sandboxes)
 	var sb *runtimeapi.PodSandbox
 	if len(sandboxes) > 0 {
 		sb = sandboxes[0]
@@ -182,6 +197,17 @@ func (a *Agent) syncLive(ctx context.Context, pod *corev1.Pod, sandboxes []*runt
 		}
 		if recreate {
 			if sb != nil {
+				// The pod's network and processes go with its old sandboxes before a new
+				// one starts, as the kubelet kills a pod whose sandbox must change. A
+				// sandbox whose creation failed half-way (containerd keeps it, not ready,
+				// when its clean-up fails) is cleaned up this way too.
+				for _, old := range sandboxes {
+					if old.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+						if err := a.stopSandbox(ctx, old.Id); err != nil {
+							a.log.Error("stop old sandbox", "pod", pod.Namespace+"/"+pod.Name, "sandbox", old.Id, "err", err)
+						}
+					}
+				}
 				sbConfig.Metadata.Attempt = sb.Metadata.GetAttempt() + 1
 			}
 			id, err := a.runSandbox(ctx, pod, sbConfig)

@@ -40,19 +40,20 @@ func TestSeedsDemoOnBerthUp(t *testing.T) {
 	bridge := fmt.Sprintf("berthdm%d", os.Getpid()%100000)
 	netConfig := filepath.Join(t.TempDir(), "network.yaml")
 	if err := os.WriteFile(netConfig, []byte("apiVersion: network.berth.dev/v1\nkind: NetworkConfiguration\ndriver: bridge\nbridge: "+bridge+"\n"), 0o644); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	httpPort, httpsPort := freePort(t), freePort(t)
 	p, err := launchBerthCommand(bin, "up", dir, "--pod-cidr", hosttest.FreePodCIDR(t), "--network-config", netConfig,
 		"--streaming-address", "0.0.0.0:0", "--node-name", "demo-node", "--csi-driver", "none",
 		"--ingress-http-port", fmt.Sprint(httpPort), "--ingress-https-port", fmt.Sprint(httpsPort))
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	k := kubectlRun{Version: "1.33", Kubeconfig: p.kubeconfig}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("berth up output:\n%s", tail(p.logs.String(), 80))
+			saveArtifact(t, "berth-up.log", p.logs.String())
 		}
 		k.run(t, "delete", "ingress,deployments,pods", "--all", "--grace-period=1", "--wait=true", "--timeout=60s")
 		if _, err := p.stop(60 * time.Second); err != nil {
@@ -63,6 +64,7 @@ func TestSeedsDemoOnBerthUp(t *testing.T) {
 		if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil && !strings.Contains(string(out), "Cannot find device") {
 			t.Errorf("cleanup: delete bridge %s: %v: %s", bridge, err, out)
 		}
+		restateFailure(t)
 	})
 	start := time.Now()
 	step := func(what string) { t.Logf("%5.1fs %s", time.Since(start).Seconds(), what) }
@@ -125,7 +127,7 @@ func TestSeedsDemoOnBerthUp(t *testing.T) {
 	for i := 0; i < 40 && len(seen) < 2; i++ {
 		body, err := httpGet(client, nodeURL, "")
 		if err != nil {
-			t.Fatalf("GET %s: %v", nodeURL, err)
+			fatalf(t, "GET %s: %v", nodeURL, err)
 		}
 		seen[body]++
 	}
@@ -150,7 +152,7 @@ func TestSeedsDemoOnBerthUp(t *testing.T) {
 			break
 		}
 		if time.Since(ready) > 5*time.Second {
-			t.Fatalf("the third pod %s did not answer within 5 s of Ready (last: %q %v)", third, body, err)
+			fatalf(t, "the third pod %s did not answer within 5 s of Ready (last: %q %v)", third, body, err)
 		}
 	}
 	if d := time.Since(ready); d > time.Second {
@@ -187,7 +189,7 @@ func TestSeedsDemoOnBerthUp(t *testing.T) {
 	stopLoop()
 	wg.Wait()
 	if rollout.Code != 0 {
-		t.Fatalf("kubectl rollout status failed:\n%s", rollout)
+		fatalf(t, "kubectl rollout status failed:\n%s", rollout)
 	}
 	if len(failures) > 0 {
 		t.Errorf("%d of %d requests failed during the rollout; first: %v", len(failures), ok+len(failures), failures[:min(3, len(failures))])

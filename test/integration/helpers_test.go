@@ -503,9 +503,45 @@ func (k kubectlRun) mustRun(t *testing.T, args ...string) kubectlResult {
 	t.Helper()
 	res := k.run(t, args...)
 	if res.Code != 0 {
-		t.Fatalf("expected exit code 0:\n%s", res)
+		fatalf(t, "expected exit code 0:\n%s", res)
 	}
 	return res
+}
+
+// failures holds each test's fatal message (by test name), so that a test that dumps
+// logs when it fails can say why once more after them: a CI summary keeps only the head
+// and the tail of a long output, and the reason would be lost in between.
+var failures sync.Map
+
+// fatalf is t.Fatalf that remembers the message for restateFailure.
+func fatalf(t *testing.T, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	failures.Store(t.Name(), msg)
+	t.Fatal(msg)
+}
+
+// saveArtifact writes a failed test's full log to $BERTH_TEST_ARTIFACTS/<test>-<name>
+// when that variable names a folder, for a look beyond the tail the test prints.
+func saveArtifact(t *testing.T, name, content string) {
+	dir := os.Getenv("BERTH_TEST_ARTIFACTS")
+	if dir == "" || !t.Failed() {
+		return
+	}
+	f := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+name)
+	if err := os.WriteFile(f, []byte(content), 0o644); err != nil {
+		t.Logf("save %s: %v", f, err)
+		return
+	}
+	t.Logf("full log in %s", f)
+}
+
+// restateFailure logs, when t failed through fatalf, the reason again. Tests that dump
+// logs on failure call it last in their cleanup.
+func restateFailure(t *testing.T) {
+	if msg, ok := failures.Load(t.Name()); ok && t.Failed() {
+		t.Logf("%s failed (its logs are above): %s", t.Name(), msg)
+	}
 }
 
 // lineReader streams a process's output line by line.

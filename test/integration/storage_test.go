@@ -38,17 +38,18 @@ func TestStorageOnBerthUp(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "up")
 	hostData := filepath.Join(t.TempDir(), "app")
 	if err := os.MkdirAll(hostData, 0o755); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	p, err := launchBerthCommand(bin, "up", dir, "--pod-cidr", hosttest.FreePodCIDR(t), "--proxy=false",
 		"--dns-server=false", "--ingress=false", "--streaming-address", "0.0.0.0:0", "--node-name", "storage-node", "--csi-capacity", "4Gi")
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	k := kubectlRun{Version: "1.33", Kubeconfig: p.kubeconfig}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("berth up output:\n%s", tail(p.logs.String(), 80))
+			saveArtifact(t, "berth-up.log", p.logs.String())
 			if b, err := os.ReadFile(filepath.Join(dir, "agent", "logs", "csi-local.log")); err == nil {
 				t.Logf("csi-local log:\n%s", tail(string(b), 30))
 			}
@@ -66,6 +67,7 @@ func TestStorageOnBerthUp(t *testing.T) {
 			t.Errorf("%d loop devices were left attached after every pod and claim was deleted", n)
 		}
 		_ = exec.Command("ip", "link", "del", "berth0").Run()
+		restateFailure(t)
 	})
 
 	waitFor(t, 90*time.Second, "the node Ready with berth's CSI driver registered", func() (bool, string) {
@@ -74,7 +76,7 @@ func TestStorageOnBerthUp(t *testing.T) {
 	})
 	res := k.mustRun(t, "get", "storageclass")
 	if !strings.Contains(res.Stdout, "local (default)") || !strings.Contains(res.Stdout, "local.csi.berth.dev") {
-		t.Fatalf("kubectl get storageclass: want local (default) of local.csi.berth.dev:\n%s", res.Stdout)
+		fatalf(t, "kubectl get storageclass: want local (default) of local.csi.berth.dev:\n%s", res.Stdout)
 	}
 
 	// The seeds' static volume, selected by label.
@@ -111,7 +113,7 @@ func TestStorageOnBerthUp(t *testing.T) {
 	pv := strings.TrimSpace(k.mustRun(t, "get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}").Stdout)
 	image := filepath.Join(dir, "agent", "csi-local", "volumes", pv+".img")
 	if _, err := os.Stat(image); err != nil {
-		t.Fatalf("the volume's image file: %v", err)
+		fatalf(t, "the volume's image file: %v", err)
 	}
 	apply(t, k, writerPodManifest)
 	waitFor(t, 60*time.Second, "the writer to run out of space", func() (bool, string) {
@@ -140,7 +142,7 @@ func TestStorageOnBerthUp(t *testing.T) {
 	// new claims are provisioned again once it is back.
 	old := driverPID(t, dir)
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill the CSI driver (pid %d): %v", old, err)
+		fatalf(t, "kill the CSI driver (pid %d): %v", old, err)
 	}
 	waitFor(t, 30*time.Second, "the CSI driver restarted", func() (bool, string) {
 		pid := driverPID(t, dir)
@@ -215,7 +217,7 @@ func buildDriverBeside(t *testing.T, berth string) {
 		}
 	})
 	if driverBuild.err != nil {
-		t.Fatal(driverBuild.err)
+		fatalf(t, "%v", driverBuild.err)
 	}
 }
 
@@ -224,7 +226,7 @@ func apply(t *testing.T, k kubectlRun, manifest string) {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "manifest.yaml")
 	if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	k.mustRun(t, "apply", "-f", f)
 }

@@ -74,7 +74,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() (bool, 
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen:\n%s", limit, what, seen)
+			fatalf(t, "timed out after %s waiting for %s; last seen:\n%s", limit, what, seen)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
