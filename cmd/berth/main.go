@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -27,9 +28,36 @@ func main() {
 	root.AddCommand(newServerCommand(), newControllersCommand(), newSchedulerCommand(), nodeagent.Command("agent"), newUpCommand(), newImagesCommand(), newVersionCommand())
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newConformanceCommand())
-	if err := root.ExecuteContext(ctx); err != nil {
+	stopProfile := startCPUProfile()
+	err := root.ExecuteContext(ctx)
+	stopProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)
 		os.Exit(1)
+	}
+}
+
+// startCPUProfile profiles the whole command to $BERTH_CPU_PROFILE.<pid> when that
+// variable is set: a benchmark passes its environment to the server it starts, so this
+// shows what the benchmarked server spends its CPU on. The returned func stops it.
+func startCPUProfile() func() {
+	path := os.Getenv("BERTH_CPU_PROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(fmt.Sprintf("%s.%d", path, os.Getpid()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "berth: BERTH_CPU_PROFILE:", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, "berth: BERTH_CPU_PROFILE:", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 

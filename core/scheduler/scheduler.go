@@ -212,12 +212,13 @@ func (s *Scheduler) scheduleOne(ctx context.Context) error {
 	s.cache.UpdateSnapshot(s.snapshot)
 	start := time.Now()
 
-	nodes := s.snapshot.List()
-	if len(nodes) == 0 {
+	if len(s.snapshot.List()) == 0 {
 		s.fail(ctx, pi, cycle, corev1.PodReasonUnschedulable, ErrNoNodesAvailable.Error(), false, nil)
 		return nil
 	}
-	result, err := fwk.SchedulePod(ctx, state, pod, nodes)
+	// A pod alike to the previous one reuses its filtering and scoring (opportunistic
+	// batching, framework/batch.go).
+	result, err := fwk.ScheduleInCycle(ctx, state, pod, s.snapshot, cycle)
 	if err != nil {
 		var fit *framework.FitError
 		if !errors.As(err, &fit) {
@@ -244,16 +245,19 @@ func (s *Scheduler) scheduleOne(ctx context.Context) error {
 	assumed := pod.DeepCopy()
 	assumed.Spec.NodeName = result.SuggestedHost
 	if err := s.cache.AssumePod(assumed); err != nil {
+		fwk.ForgetBatch()
 		s.fail(ctx, pi, cycle, corev1.PodReasonSchedulerError, err.Error(), true, nil)
 		return nil
 	}
 	host := result.SuggestedHost
 	if st := fwk.RunReserve(ctx, state, assumed, host); !st.IsSuccess() {
+		fwk.ForgetBatch()
 		s.cache.ForgetPod(assumed)
 		s.failStatus(ctx, pi, cycle, st)
 		return nil
 	}
 	if st := fwk.RunPermit(ctx, state, assumed, host); !st.IsSuccess() && !st.IsWait() {
+		fwk.ForgetBatch()
 		fwk.RunUnreserve(ctx, state, assumed, host)
 		s.cache.ForgetPod(assumed)
 		s.failStatus(ctx, pi, cycle, st)

@@ -79,3 +79,13 @@ func (c *CycleState) isSkipped(plugin string) bool {
 	defer c.mu.Unlock()
 	return c.skipped[plugin]
 }
+
+// reset empties the state for a fresh start of the same cycle (a batched cycle that fell
+// back to a full one).
+func (c *CycleState) reset() {
+	c.data.Clear()
+	c.mu.Lock()
+	clear(c.skipped)
+	c.mu.Unlock()
+	c.filters.Store(nil)
+}

@@ -104,6 +104,14 @@ type Framework struct {
 	// nextStart is where the next search for feasible nodes begins, so that with sampling
 	// every node gets its turn across pods.
 	nextStart atomic.Int64
+
+	// Opportunistic batching (batch.go): the plugins that sign pods (nil: the profile
+	// never batches), the last full cycle's results, and how many pods they placed.
+	signers []Signer
+	batchMu sync.Mutex
+	batch   *batchState
+	batched atomic.Int64
+	now     func() time.Time
 }
 
 // New returns a Framework for a profile; waiting is shared by the scheduler's profiles.
@@ -128,7 +136,7 @@ func New(p Profile, waiting *WaitingPods) (*Framework, error) {
 	if waiting == nil {
 		waiting = NewWaitingPods()
 	}
-	return &Framework{profile: p, waiting: waiting}, nil
+	return &Framework{profile: p, waiting: waiting, signers: signers(p), now: time.Now}, nil
 }
 
 // ProfileName returns the profile's name (the schedulerName pods give).
@@ -360,6 +368,12 @@ type NodeTotalScore struct {
 // ScoreNodes runs PreScore, then every Score plugin over the nodes in parallel, normalizes
 // each plugin's scores, weights and sums them.
 func (f *Framework) ScoreNodes(ctx context.Context, state *CycleState, pod *corev1.Pod, nodes []*NodeInfo) ([]NodeTotalScore, error) {
+	return f.scoreNodes(ctx, state, pod, nodes, nil)
+}
+
+// scoreNodes is ScoreNodes; with keep, it also fills keep's plugins and nodes (best first)
+// for the pods batched after this one.
+func (f *Framework) scoreNodes(ctx context.Context, state *CycleState, pod *corev1.Pod, nodes []*NodeInfo, keep *batchState) ([]NodeTotalScore, error) {
 	for _, pl := range f.profile.PreScore {
 		s := pl.PreScore(ctx, state, pod, nodes)
 		if s.IsSkip() {
@@ -428,6 +442,19 @@ func (f *Framework) ScoreNodes(ctx context.Context, state *CycleState, pod *core
 			}
 			totals[n].Score += s.Score * p.Weight
 		}
+	}
+	if keep != nil {
+		keep.plugins = plugins
+		flat := make([]int64, len(nodes)*len(plugins))
+		keep.nodes = make([]batchNode, len(nodes))
+		for n := range nodes {
+			bn := batchNode{name: totals[n].Name, total: totals[n].Score, scores: flat[n*len(plugins) : (n+1)*len(plugins) : (n+1)*len(plugins)]}
+			for i, p := range plugins {
+				bn.scores[i] = scores[i][n].Score * p.Weight
+			}
+			keep.nodes[n] = bn
+		}
+		sort.SliceStable(keep.nodes, func(a, b int) bool { return keep.nodes[a].total > keep.nodes[b].total })
 	}
 	return totals, nil
 }

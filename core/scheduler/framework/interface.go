@@ -26,6 +26,26 @@ type Plugin interface {
 	Name() string
 }
 
+// Signer is implemented by plugins that let the scheduler batch alike pods (opportunistic
+// batching, as Kubernetes 1.35 has it): consecutive pods with the same signature reuse
+// the previous pod's filtering and scoring, checked again on the nodes they are placed
+// on. The framework's base signature covers the pod's scheduling fields (namespace,
+// labels, node selector and affinity, tolerations, resource requests, host ports,
+// priority, volumes); a plugin returns what else of the pod its answers depend on (""
+// when nothing), and ok false when it cannot treat the pod's answers as reusable at all
+// (inter-pod affinity terms, topology spread constraints, claims to bind). A profile with
+// a Filter or Score plugin that is not a Signer never batches.
+type Signer interface {
+	SignPod(pod *corev1.Pod) (fragment string, ok bool)
+}
+
+// RelativeScorer is a Score plugin without ScoreExtensions whose scores are nevertheless
+// relative to the other nodes scored with them (an out-of-process plugin normalizes in its
+// batched Score call). A batch keeps such scores rather than scoring one node again.
+type RelativeScorer interface {
+	ScoresAreRelative() bool
+}
+
 // QueuedPodInfo is a pod waiting in the scheduling queue, with the queue's bookkeeping.
 type QueuedPodInfo struct {
 	*PodInfo
