@@ -31,8 +31,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -44,6 +42,7 @@ import (
 
 	"berth.dev/berth/core/agent/csi"
 	"berth.dev/berth/core/dns"
+	"berth.dev/berth/core/kubeclient"
 )
 
 // KubeletVersion is the Kubernetes version the agent reports in the Node's nodeInfo: the
@@ -53,7 +52,7 @@ const KubeletVersion = "v1.33.13"
 // Config is what an agent needs.
 type Config struct {
 	// Kube is a client of the API server with the node's rights.
-	Kube kubernetes.Interface
+	Kube kubeclient.Interface
 	// NodeName is the Node the agent registers and whose pods it runs.
 	NodeName string
 	// RuntimeEndpoint is the CRI socket, unix:///path.
@@ -254,18 +253,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "pods"})
-	factory := informers.NewSharedInformerFactoryWithOptions(a.cfg.Kube, time.Minute,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
-		}))
-	podInformer := factory.Core().V1().Pods()
-	a.pods = podInformer.Lister()
+	factory := kubeclient.NewInformers(a.cfg.Kube, time.Minute, func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
+	})
+	podInformer := factory.Pods()
+	a.pods = corelisters.NewPodLister(podInformer.GetIndexer())
 	enqueue := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 			a.queue.Add(key)
 		}
 	}
-	if _, err := podInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueue,
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
 		DeleteFunc: enqueue,
@@ -274,9 +272,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	// Services, and for the DNS server EndpointSlices and Namespaces, of the whole cluster.
-	cluster := informers.NewSharedInformerFactory(a.cfg.Kube, 0)
-	svcInformer := cluster.Core().V1().Services()
-	a.services = svcInformer.Lister()
+	cluster := kubeclient.NewInformers(a.cfg.Kube, 0, nil)
+	svcInformer := cluster.Services()
+	a.services = corelisters.NewServiceLister(svcInformer.GetIndexer())
 	a.dns = dnsSettings{clusterDNS: a.cfg.ClusterDNS, domain: a.cfg.ClusterDomain}
 	var err error
 	if a.dns.host, err = readResolvConf(a.cfg.ResolvConf); err != nil {
@@ -331,7 +329,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	cluster.Start(gctx.Done())
 	defer cluster.Shutdown()
 	// Services are synced before any container is made, so that its environment has them.
-	if !cache.WaitForCacheSync(gctx.Done(), podInformer.Informer().HasSynced, svcInformer.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(gctx.Done(), podInformer.HasSynced, svcInformer.HasSynced) {
 		a.queue.ShutDown()
 		if runDNS != nil {
 			_ = runDNS(gctx) // gctx has ended: this closes the DNS server's sockets

@@ -9,14 +9,14 @@ import (
 	"net/netip"
 
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+
+	"berth.dev/berth/core/kubeclient"
 )
 
 // NodeConfig is the DNS server of one node, as the node agent runs it.
 type NodeConfig struct {
 	// Kube is the agent's API client, for the node's kube-dns EndpointSlice.
-	Kube kubernetes.Interface
+	Kube kubeclient.Interface
 	// NodeName names the node's EndpointSlice (kube-dns-<node>).
 	NodeName string
 	// Domain is the cluster domain (DefaultDomain when empty).
@@ -47,9 +47,9 @@ func DefaultListen(nodeIP, podCIDR string) []string {
 }
 
 // StartNode makes the node's server, fed by the Services, EndpointSlices and Namespaces
-// informers of factory (which the caller starts afterwards), and binds its addresses.
+// informers of the set (which the caller starts afterwards), and binds its addresses.
 // run serves them and keeps the node's kube-dns EndpointSlice until ctx ends.
-func StartNode(cfg NodeConfig, factory informers.SharedInformerFactory) (run func(context.Context) error, err error) {
+func StartNode(cfg NodeConfig, informers *kubeclient.Informers) (run func(context.Context) error, err error) {
 	if len(cfg.Listen) == 0 {
 		return nil, errors.New("dns: no address to listen on")
 	}
@@ -62,9 +62,7 @@ func StartNode(cfg NodeConfig, factory informers.SharedInformerFactory) (run fun
 	}
 	// Queries the host's resolvers would send back to this server would loop.
 	srv.upstreams = without(srv.upstreams, cfg.Listen)
-	if err := srv.Watch(factory.Core().V1().Services().Informer(),
-		factory.Discovery().V1().EndpointSlices().Informer(),
-		factory.Core().V1().Namespaces().Informer()); err != nil {
+	if err := srv.Watch(informers.Services(), informers.EndpointSlices(), informers.Namespaces()); err != nil {
 		return nil, err
 	}
 	l, err := srv.Listen(cfg.Listen)

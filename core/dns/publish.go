@@ -13,8 +13,9 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"berth.dev/berth/core/kubeclient"
 )
 
 // The kube-dns Service: the API server keeps it (without a selector, at the tenth address
@@ -35,7 +36,7 @@ func SliceName(node string) string { return ServiceName + "-" + node }
 // Service stops sending queries to a node that no longer answers. It re-checks the slice
 // every interval (30 s when zero), recreating it when someone removed it. Errors of the
 // API are logged and retried; only a bad addr is returned.
-func Publish(ctx context.Context, kube kubernetes.Interface, node, addr string, interval time.Duration, log *slog.Logger) error {
+func Publish(ctx context.Context, kube kubeclient.Interface, node, addr string, interval time.Duration, log *slog.Logger) error {
 	slice, err := nodeSlice(node, addr)
 	if err != nil {
 		return err

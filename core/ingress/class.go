@@ -8,7 +8,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+
+	"berth.dev/berth/core/kubeclient"
 )
 
 const (
@@ -65,7 +66,7 @@ func (c classes) serves(ing *networkingv1.Ingress) bool {
 // EnsureDefaultClass creates the IngressClass "berth" of ControllerName, marked default,
 // as `berth up` does (k3s ships Traefik's the same way). A class of that name that exists
 // already is left as it is: the operator's choice wins.
-func EnsureDefaultClass(ctx context.Context, kube kubernetes.Interface, log *slog.Logger) error {
+func EnsureDefaultClass(ctx context.Context, kube kubeclient.Interface, log *slog.Logger) error {
 	ic := &networkingv1.IngressClass{
 		ObjectMeta: metav1.ObjectMeta{Name: DefaultClassName, Annotations: map[string]string{DefaultClassAnnotation: "true"}},
 		Spec:       networkingv1.IngressClassSpec{Controller: ControllerName},

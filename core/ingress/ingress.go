@@ -31,11 +31,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
+
+	"berth.dev/berth/core/kubeclient"
 )
 
 // DefaultMinRebuildInterval is the least time between two rebuilds of the routing table:
@@ -45,7 +47,7 @@ const DefaultMinRebuildInterval = 20 * time.Millisecond
 
 // Config is what a Controller is told.
 type Config struct {
-	Kube     kubernetes.Interface
+	Kube     kubeclient.Interface
 	NodeName string
 	// NodeIP is the address written into the Ingresses' status; empty: the Node's
 	// InternalIP, once the agent has published it.
@@ -107,26 +109,25 @@ func (c *Controller) kick() {
 // once (answering 404 until the caches have synced); an address that cannot be bound (in
 // use) is retried every few seconds, logged, without stopping the rest.
 func (c *Controller) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactory(c.cfg.Kube, 0)
+	factory := kubeclient.NewInformers(c.cfg.Kube, 0, nil)
 	// Only TLS Secrets: the others are none of the controller's business.
-	secretFactory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Kube, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("type", string(corev1.SecretTypeTLS)).String()
-		}))
-	ingInformer := factory.Networking().V1().Ingresses()
-	classInformer := factory.Networking().V1().IngressClasses()
-	svcInformer := factory.Core().V1().Services()
-	sliceInformer := factory.Discovery().V1().EndpointSlices()
-	secretInformer := secretFactory.Core().V1().Secrets()
+	secretFactory := kubeclient.NewInformers(c.cfg.Kube, 0, func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("type", string(corev1.SecretTypeTLS)).String()
+	})
+	ingInformer := factory.Ingresses()
+	classInformer := factory.IngressClasses()
+	svcInformer := factory.Services()
+	sliceInformer := factory.EndpointSlices()
+	secretInformer := secretFactory.Secrets()
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.kick() },
 		UpdateFunc: func(any, any) { c.kick() },
 		DeleteFunc: func(any) { c.kick() },
 	}
 	for what, inf := range map[string]cache.SharedIndexInformer{
-		"ingresses": ingInformer.Informer(), "ingressclasses": classInformer.Informer(),
-		"services": svcInformer.Informer(), "endpointslices": sliceInformer.Informer(),
-		"secrets": secretInformer.Informer(),
+		"ingresses": ingInformer, "ingressclasses": classInformer,
+		"services": svcInformer, "endpointslices": sliceInformer,
+		"secrets": secretInformer,
 	} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("ingress: %s informer: %w", what, err)
@@ -155,12 +156,18 @@ func (c *Controller) Run(ctx context.Context) error {
 		wg.Go(func() { c.serve(sctx, srv, c.cfg.HTTPSAddr, true) })
 	}
 
-	if !cache.WaitForCacheSync(ctx.Done(), ingInformer.Informer().HasSynced, classInformer.Informer().HasSynced,
-		svcInformer.Informer().HasSynced, sliceInformer.Informer().HasSynced, secretInformer.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), ingInformer.HasSynced, classInformer.HasSynced,
+		svcInformer.HasSynced, sliceInformer.HasSynced, secretInformer.HasSynced) {
 		return nil // ctx ended
 	}
 	c.cfg.Log.Info("ingress caches synced; serving", "http", c.cfg.HTTPAddr, "https", c.cfg.HTTPSAddr)
-	w := &world{services: svcInformer.Lister(), slices: sliceInformer.Lister(), secrets: secretInformer.Lister()}
+	w := &world{
+		services: corelisters.NewServiceLister(svcInformer.GetIndexer()),
+		slices:   discoverylisters.NewEndpointSliceLister(sliceInformer.GetIndexer()),
+		secrets:  corelisters.NewSecretLister(secretInformer.GetIndexer()),
+	}
+	ingLister := networkinglisters.NewIngressLister(ingInformer.GetIndexer())
+	classLister := networkinglisters.NewIngressClassLister(classInformer.GetIndexer())
 	st := &statusWriter{c: c}
 	var last time.Time
 	statusRetry := time.NewTimer(time.Hour)
@@ -187,7 +194,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		default:
 		}
 		last = time.Now()
-		ours, others := c.split(ingInformer.Lister(), classInformer.Lister())
+		ours, others := c.split(ingLister, classLister)
 		c.table.Store(w.build(ours))
 		c.logProblems(w.problems)
 		if !c.cfg.NoStatus {

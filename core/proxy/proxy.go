@@ -21,11 +21,11 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"berth.dev/berth/core/kubeclient"
 )
 
 // DefaultServiceCIDR is the API server's range of ClusterIPs.
@@ -37,7 +37,7 @@ const DefaultMinSyncInterval = 50 * time.Millisecond
 
 // Config is what a Proxy is told.
 type Config struct {
-	Kube     kubernetes.Interface
+	Kube     kubeclient.Interface
 	NodeName string
 	// ServiceCIDR is the range of ClusterIPs (required).
 	ServiceCIDR netip.Prefix
@@ -136,9 +136,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	factory := informers.NewSharedInformerFactory(p.cfg.Kube, 0)
-	svcInformer := factory.Core().V1().Services()
-	sliceInformer := factory.Discovery().V1().EndpointSlices()
+	factory := kubeclient.NewInformers(p.cfg.Kube, 0, nil)
+	svcInformer := factory.Services()
+	sliceInformer := factory.EndpointSlices()
 	onService := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 			p.markDirty(key)
@@ -152,12 +152,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 			p.markDirty(s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName])
 		}
 	}
-	if _, err := svcInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: onService, UpdateFunc: func(_, o any) { onService(o) }, DeleteFunc: onService,
 	}); err != nil {
 		return fmt.Errorf("proxy: service informer: %w", err)
 	}
-	if _, err := sliceInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: onSlice, UpdateFunc: func(old, o any) { onSlice(old); onSlice(o) }, DeleteFunc: onSlice,
 	}); err != nil {
 		return fmt.Errorf("proxy: endpointslice informer: %w", err)
@@ -168,12 +168,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 		stopInformers()
 		factory.Shutdown()
 	}()
-	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.Informer().HasSynced, sliceInformer.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced) {
 		return nil // ctx ended
 	}
 	p.cfg.Log.Info("proxy caches synced; programming the table", "table", p.cfg.TableName, "serviceCIDR", p.cfg.ServiceCIDR)
 
-	svcLister, sliceLister := svcInformer.Lister(), sliceInformer.Lister()
+	svcLister := corelisters.NewServiceLister(svcInformer.GetIndexer())
+	sliceLister := discoverylisters.NewEndpointSliceLister(sliceInformer.GetIndexer())
 	// owned is the part of the table each Service owns, as last applied; nil until the
 	// first full sync, and again after a failed sync (the next one is full).
 	var owned map[string]*Ruleset

@@ -11,13 +11,13 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"berth.dev/berth/cmd/internal/logging"
 	"berth.dev/berth/core/agent"
 	"berth.dev/berth/core/agent/containerd"
 	"berth.dev/berth/core/agent/images"
+	"berth.dev/berth/core/kubeclient"
 	"berth.dev/berth/core/proxy"
 )
 
@@ -74,7 +74,7 @@ running in their shims and are found again at the next start.`,
 			// so it gets twice that rate and a deeper burst. client-go's own 5/10 held back
 			// pod status and a burst of claims for seconds.
 			cfg.QPS, cfg.Burst = 100, 300
-			kube, err := kubernetes.NewForConfig(cfg)
+			kube, err := kubeclient.NewForConfig(cfg)
 			if err != nil {
 				return fmt.Errorf("API client: %w", err)
 			}

@@ -11,16 +11,16 @@ import (
 	"net/netip"
 	"os"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"berth.dev/berth/core/agent"
+	"berth.dev/berth/core/kubeclient"
 	"berth.dev/berth/core/proxy"
 )
 
 // Options are what one node of `berth agent` or `berth up` is told.
 type Options struct {
-	Kube                                         kubernetes.Interface
+	Kube                                         kubeclient.Interface
 	NodeName, Endpoint, DataDir, PodCIDR, NodeIP string
 	// ClientCA verifies the API server's client certificate at the agent's streaming
 	// endpoint (StreamingAddr); without it the agent serves no logs, exec or port-forward.

@@ -24,14 +24,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 	statsapi "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
+
+	"berth.dev/berth/core/kubeclient"
 )
 
 // Config is what the manager needs from the agent.
 type Config struct {
-	Kube     kubernetes.Interface
+	Kube     kubeclient.Interface
 	NodeName string
 	// DataDir is the agent's data dir: pods' volumes go under DataDir/pods, staging paths
 	// and the records of volumes under DataDir/plugins.

@@ -5,15 +5,15 @@ import (
 	"log/slog"
 
 	"google.golang.org/grpc"
-	"k8s.io/client-go/kubernetes"
 
 	"berth.dev/berth/core/agent/csi/sidecar"
+	"berth.dev/berth/core/kubeclient"
 )
 
 // SidecarConfig is what the controller sidecars of one driver are given: the fields of
 // sidecar.Config, kept as a type of this package so that tests can replace runSidecar.
 type SidecarConfig struct {
-	Client     kubernetes.Interface
+	Client     kubeclient.Interface
 	Conn       *grpc.ClientConn
 	DriverName string
 	NodeName   string

@@ -27,10 +27,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
@@ -38,11 +38,12 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"berth.dev/berth/core/controllers/reconcile"
+	"berth.dev/berth/core/kubeclient"
 )
 
 // Config is what the agent knows about one driver with a controller service.
 type Config struct {
-	Client kubernetes.Interface
+	Client kubeclient.Interface
 	// Conn is the driver's socket.
 	Conn       *grpc.ClientConn
 	DriverName string
@@ -254,11 +255,16 @@ func (s *sidecar) runControllers(ctx context.Context) error {
 	provisionerRecorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: s.cfg.DriverName + "_" + s.cfg.NodeName})
 	resizerRecorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "external-resizer " + s.cfg.DriverName})
 
-	factory := informers.NewSharedInformerFactory(client, resync)
+	// Informers are made only where a role below asks for them: a driver without
+	// PUBLISH_UNPUBLISH_VOLUME, say, watches no VolumeAttachments.
+	factory := kubeclient.NewInformers(client, resync, nil)
 	defer factory.Shutdown()
-	pvcInformer := factory.Core().V1().PersistentVolumeClaims()
-	pvInformer := factory.Core().V1().PersistentVolumes()
-	classInformer := factory.Storage().V1().StorageClasses()
+	claimLister := func() corelisters.PersistentVolumeClaimLister {
+		return corelisters.NewPersistentVolumeClaimLister(factory.PersistentVolumeClaims().GetIndexer())
+	}
+	volumeLister := func() corelisters.PersistentVolumeLister {
+		return corelisters.NewPersistentVolumeLister(factory.PersistentVolumes().GetIndexer())
+	}
 
 	rl := func() workqueue.TypedRateLimiter[string] {
 		// external-provisioner's defaults: 1 s doubling up to 5 min per key.
@@ -284,45 +290,47 @@ func (s *sidecar) runControllers(ctx context.Context) error {
 	}
 
 	if s.caps.createDelete {
-		p := &provisioner{s: s, recorder: provisionerRecorder, claims: pvcInformer.Lister(), volumes: pvInformer.Lister(), classes: classInformer.Lister()}
+		classes := storagelisters.NewStorageClassLister(factory.StorageClasses().GetIndexer())
+		p := &provisioner{s: s, recorder: provisionerRecorder, claims: claimLister(), volumes: volumeLister(), classes: classes}
 		pq := newQueue("provisioner")
 		// Claims often come in bursts (a StatefulSet, a namespace's manifests); most of a
 		// provisioning is waiting on the driver and the API server, so many go at once
 		// (external-provisioner runs 100 workers).
 		roles = append(roles, role{"provisioner", pq, reconcile.Func[string](p.sync), 16})
-		if err := add(pvcInformer.Informer(), claimHandler(pq, p.wants)); err != nil {
+		if err := add(factory.PersistentVolumeClaims(), claimHandler(pq, p.wants)); err != nil {
 			return err
 		}
-		if err := add(classInformer.Informer(), cache.ResourceEventHandlerFuncs{}); err != nil {
+		if err := add(factory.StorageClasses(), cache.ResourceEventHandlerFuncs{}); err != nil {
 			return err
 		}
-		d := &deleter{s: s, recorder: provisionerRecorder, volumes: pvInformer.Lister()}
+		d := &deleter{s: s, recorder: provisionerRecorder, volumes: volumeLister()}
 		dq := newQueue("deleter")
 		roles = append(roles, role{"deleter", dq, reconcile.Func[string](d.sync), 8})
-		if err := add(pvInformer.Informer(), volumeHandler(dq, d.wants)); err != nil {
+		if err := add(factory.PersistentVolumes(), volumeHandler(dq, d.wants)); err != nil {
 			return err
 		}
 	}
 	if s.caps.expand {
-		r := &resizer{s: s, recorder: resizerRecorder, claims: pvcInformer.Lister(), volumes: pvInformer.Lister()}
+		r := &resizer{s: s, recorder: resizerRecorder, claims: claimLister(), volumes: volumeLister()}
 		rq := newQueue("resizer")
 		roles = append(roles, role{"resizer", rq, reconcile.Func[string](r.sync), 2})
-		if err := add(pvcInformer.Informer(), claimHandler(rq, r.wants)); err != nil {
+		if err := add(factory.PersistentVolumeClaims(), claimHandler(rq, r.wants)); err != nil {
 			return err
 		}
-		if err := add(pvInformer.Informer(), cache.ResourceEventHandlerFuncs{}); err != nil {
+		if err := add(factory.PersistentVolumes(), cache.ResourceEventHandlerFuncs{}); err != nil {
 			return err
 		}
 	}
 	if s.caps.publish {
-		vaInformer := factory.Storage().V1().VolumeAttachments()
-		a := &attacher{s: s, attachments: vaInformer.Lister(), volumes: pvInformer.Lister()}
+		vaInformer := factory.VolumeAttachments()
+		attachments := storagelisters.NewVolumeAttachmentLister(vaInformer.GetIndexer())
+		a := &attacher{s: s, attachments: attachments, volumes: volumeLister()}
 		aq := newQueue("attacher")
 		roles = append(roles, role{"attacher", aq, reconcile.Func[string](a.sync), 2})
-		if err := add(vaInformer.Informer(), attachmentHandler(aq, a.wants)); err != nil {
+		if err := add(vaInformer, attachmentHandler(aq, a.wants)); err != nil {
 			return err
 		}
-		if err := add(pvInformer.Informer(), cache.ResourceEventHandlerFuncs{}); err != nil {
+		if err := add(factory.PersistentVolumes(), cache.ResourceEventHandlerFuncs{}); err != nil {
 			return err
 		}
 	}
