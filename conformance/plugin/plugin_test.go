@@ -38,6 +38,15 @@ func TestVersionAndNamePatterns(t *testing.T) {
 	}
 }
 
+func TestPodFieldPattern(t *testing.T) {
+	for f, ok := range map[string]bool{"spec.runtimeClassName": true, "metadata.annotations": true, "spec.containers.image": true,
+		"": false, "spec": false, "spec.": false, "status.phase": false, "spec..x": false, "spec.containers[0]": false, "metadata.labels.a/b": false} {
+		if podField.MatchString(f) != ok {
+			t.Errorf("pod field %q: %v, want %v", f, !ok, ok)
+		}
+	}
+}
+
 func TestMutated(t *testing.T) {
 	obj := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"d"},"spec":{"containers":[{"name":"c"}]}}`)
 	req := &admissionv1.AdmissionRequest{Object: obj}

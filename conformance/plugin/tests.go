@@ -140,7 +140,21 @@ func testDeclarations(_ context.Context, t *T) {
 	if seen[schedulerv1.ExtensionPoint_EXTENSION_POINT_NORMALIZE_SCORE] && !seen[schedulerv1.ExtensionPoint_EXTENSION_POINT_SCORE] {
 		t.Errorf("PluginInfo declares normalizeScore without score: it would only normalize its own scores")
 	}
+	sig := t.s.sched.GetPodSignature()
+	if sig == nil {
+		t.Logf("PluginInfo declares no pod signature: the host never reuses its answers across pods")
+		return
+	}
+	for _, f := range sig.GetPodFields() {
+		if !podField.MatchString(f) {
+			t.Errorf("PluginInfo pod signature field %q: want a dotted path into the pod's metadata or spec (spec.runtimeClassName: segments of letters, digits and '_', starting with metadata. or spec.); a host refuses the plugin", f)
+		}
+	}
+	t.Logf("PluginInfo declares a pod signature: the base signature and %v", sig.GetPodFields())
 }
+
+// podField is a path a pod signature may name (the SDK's scheduler.ValidatePodField).
+var podField = regexp.MustCompile(`^(metadata|spec)(\.[a-zA-Z0-9_]+)+$`)
 
 func testInfoStable(ctx context.Context, t *T) {
 	sess := t.start(ctx, nil)

@@ -54,6 +54,9 @@ type Info struct {
 	Version         string
 	APIVersions     []string
 	ExtensionPoints []ExtensionPoint
+	// PodSignature is the pod signature the plugin declared (nil: none, never batch its
+	// answers). Info does not check its paths; see PodSignature.Validate.
+	PodSignature *PodSignature
 }
 
 // Implements reports whether the plugin announced the extension point.
@@ -72,7 +75,11 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, rpcErr("PluginInfo", err)
 	}
-	return Info{Name: r.Name, Version: r.Version, APIVersions: r.ApiVersions, ExtensionPoints: r.ExtensionPoints}, nil
+	info := Info{Name: r.Name, Version: r.Version, APIVersions: r.ApiVersions, ExtensionPoints: r.ExtensionPoints}
+	if sig := r.GetPodSignature(); sig != nil {
+		info.PodSignature = &PodSignature{Fields: sig.GetPodFields()}
+	}
+	return info, nil
 }
 
 // Configure gives the plugin the chosen API version and its arguments.

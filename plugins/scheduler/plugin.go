@@ -13,6 +13,8 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
+	"regexp"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -115,6 +117,58 @@ type PreBindPlugin interface {
 // the points it lists are announced to the scheduler.
 type ExtensionPointLister interface {
 	ExtensionPoints() []ExtensionPoint
+}
+
+// PodSignature declares that a plugin's answers for a pod (PreFilter, Filter, PreScore,
+// Score, NormalizeScore) depend only on the nodes the scheduler sent and on the pod's
+// fields named in Fields, besides the scheduler's base signature of the pod (namespace,
+// labels, nodeSelector, affinity, tolerations, resource requests, host ports, priority,
+// volumes), which is always part of it. The scheduler may then reuse the answers it got
+// for one pod for the next pods with the same signature (opportunistic batching), checking
+// them again only on the node each is placed on, without calling the plugin for them.
+//
+// Do not declare one when the answers depend on anything else: state the plugin keeps
+// per pod or across pods (placements counted in Reserve, state from its PreFilter), the
+// time, or a system outside the pod and the nodes. A plugin without a signature is never
+// batched: always correct, only slower for runs of alike pods.
+type PodSignature struct {
+	// Fields are dotted JSON paths into the Pod, with Kubernetes' JSON field names:
+	// "metadata.annotations", "spec.runtimeClassName", "spec.containers". A path names a
+	// whole subtree; through a list it names that field of every element
+	// ("spec.containers.image"). Each starts with "metadata." or "spec." (see
+	// ValidatePodField). Empty: the answers depend on the base signature alone.
+	Fields []string
+}
+
+// PodSigner is implemented by a plugin that declares a pod signature (see PodSignature);
+// the SDK sends it in PluginInfo. A nil signature declares none.
+type PodSigner interface {
+	PodSignature() *PodSignature
+}
+
+// podField is a path PodSignature.Fields may hold.
+var podField = regexp.MustCompile(`^(metadata|spec)(\.[a-zA-Z0-9_]+)+$`)
+
+// ValidatePodField checks one path of PodSignature.Fields: segments of letters, digits
+// and '_' separated by dots, the first one metadata or spec, at least two.
+func ValidatePodField(path string) error {
+	if !podField.MatchString(path) {
+		return fmt.Errorf("pod signature field %q is not a dotted path into the pod's metadata or spec (like spec.runtimeClassName: segments of letters, digits and '_', starting with metadata. or spec.)", path)
+	}
+	return nil
+}
+
+// Validate checks every path of the signature; a nil signature is valid (none declared).
+func (s *PodSignature) Validate() error {
+	if s == nil {
+		return nil
+	}
+	for _, f := range s.Fields {
+		if err := ValidatePodField(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type cycleKey struct{}

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -319,5 +320,62 @@ func TestNodeCacheKeepsOldStateOnBadDelta(t *testing.T) {
 	}
 	if c.len() != 1 || c.generation != 1 {
 		t.Errorf("after a bad delta: %d nodes at generation %d, want 1 at 1", c.len(), c.generation)
+	}
+}
+
+// signer is a Filter plugin that declares the pod signature it is given.
+type signer struct {
+	sig *PodSignature
+}
+
+func (signer) Name() string                                              { return "signer" }
+func (signer) Version() string                                           { return "0.0.1" }
+func (signer) Filter(context.Context, *corev1.Pod, *corev1.Node) *Status { return nil }
+func (s signer) PodSignature() *PodSignature                             { return s.sig }
+
+func TestPodSignatureTravels(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		p    Plugin
+		want *PodSignature
+	}{
+		{"no PodSignature method", embedded{}, nil},
+		{"nil signature", signer{}, nil},
+		{"empty", signer{&PodSignature{}}, &PodSignature{}},
+		{"fields", signer{&PodSignature{Fields: []string{"spec.runtimeClassName", "metadata.annotations"}}},
+			&PodSignature{Fields: []string{"spec.runtimeClassName", "metadata.annotations"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			info, err := connect(t, tc.p).Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := info.PodSignature
+			if (got == nil) != (tc.want == nil) || got != nil && !slices.Equal(got.Fields, tc.want.Fields) {
+				t.Errorf("Info().PodSignature = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPodSignatureValidation(t *testing.T) {
+	for _, good := range []string{"spec.runtimeClassName", "metadata.annotations", "spec.containers.image", "spec.os.name", "metadata.labels.app_1"} {
+		if err := ValidatePodField(good); err != nil {
+			t.Errorf("%q: %v", good, err)
+		}
+	}
+	for _, bad := range []string{"", "spec", "spec.", "metadata", "status.phase", "spec..containers", ".spec.x", "spec.containers[0]", "spec.a-b", "Spec.x", "spec.x.", "metadata.labels.app.kubernetes.io/name"} {
+		if err := ValidatePodField(bad); err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+	}
+	if err := (*PodSignature)(nil).Validate(); err != nil {
+		t.Errorf("nil signature: %v", err)
+	}
+	// The SDK refuses to serve a plugin that declares a malformed path.
+	err := check(signer{&PodSignature{Fields: []string{"spec.nodeName", "status.phase"}}})
+	if err == nil || !strings.Contains(err.Error(), "signer") || !strings.Contains(err.Error(), `"status.phase"`) {
+		t.Errorf("check of a bad signature: %v", err)
 	}
 }

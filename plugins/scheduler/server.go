@@ -34,6 +34,8 @@ type server struct {
 	plugin Plugin
 	points map[ExtensionPoint]bool
 	nodes  *nodeCache
+	// signature is the plugin's PodSignature (nil: none declared).
+	signature *PodSignature
 
 	mu         sync.Mutex
 	apiVersion string
@@ -57,6 +59,12 @@ func newServer(p Plugin) (*server, error) {
 			return nil, fmt.Errorf("scheduler plugin %s lists extension point %s but has no method for it", p.Name(), PointName(pt))
 		}
 		s.points[pt] = true
+	}
+	if ps, ok := p.(PodSigner); ok {
+		s.signature = ps.PodSignature()
+		if err := s.signature.Validate(); err != nil {
+			return nil, fmt.Errorf("scheduler plugin %s: %w", p.Name(), err)
+		}
 	}
 	return s, nil
 }
@@ -101,6 +109,9 @@ func (s *server) PluginInfo(context.Context, *schedulerv1.PluginInfoRequest) (*s
 		ApiVersions: s.apiVersions(),
 	}
 	resp.ExtensionPoints = append(resp.ExtensionPoints, ExtensionPointsOf(s.plugin)...)
+	if s.signature != nil {
+		resp.PodSignature = &schedulerv1.PodSignature{PodFields: s.signature.Fields}
+	}
 	return resp, nil
 }
 

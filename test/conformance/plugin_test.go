@@ -100,7 +100,7 @@ func TestPluginSuite(t *testing.T) {
 		{"random", []string{"determinism/same-input"}},
 		{"crash", []string{"empty/pod"}},
 		{"hang", []string{"extension-points/declared-answer", "filter/statuses", "determinism/same-input", "empty/pod", "deadlines/every-call"}},
-		{"liar", []string{"extension-points/declared-answer", "extension-points/undeclared-refused", "filter/statuses", "determinism/same-input", "empty/no-nodes"}},
+		{"liar", []string{"info/declarations", "extension-points/declared-answer", "extension-points/undeclared-refused", "filter/statuses", "determinism/same-input", "empty/no-nodes"}},
 		// Not a plugin at all: no handshake, and nothing else can run.
 		{"/bin/true", nil},
 	} {

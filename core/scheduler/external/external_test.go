@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"berth.dev/berth/core/scheduler/framework"
+	"berth.dev/berth/plugins/scheduler"
 )
 
 // The harness runs the real plugin binaries (the cost example and testdata/faulty) over a
@@ -457,5 +458,116 @@ func TestBatchedWithoutPreExtensionPoints(t *testing.T) {
 	// SyncNodes, one Filter, one Score.
 	if calls := p.Stats().Calls - before; calls != 3 {
 		t.Errorf("scheduling over 300 nodes took %d calls, want 3", calls)
+	}
+}
+
+func TestSignPod(t *testing.T) {
+	runtimeClass := func(name, class string) *corev1.Pod {
+		pod := testPod(name)
+		if class != "" {
+			pod.Spec.RuntimeClassName = &class
+		}
+		return pod
+	}
+	launch := func(t *testing.T, f *Factory, sig string) *Plugin {
+		t.Helper()
+		t.Setenv("FAULTY_ARGS", `{"name":"faulty"`+sig+`}`)
+		p, err := f.Launch("faulty", filepath.Join(binDir, "faulty"), nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	t.Run("declared none", func(t *testing.T) {
+		p := launch(t, newFactory(t), "")
+		if p.Info().PodSignature != nil {
+			t.Errorf("Info().PodSignature = %+v, want nil", p.Info().PodSignature)
+		}
+		if frag, ok := p.SignPod(testPod("a")); ok {
+			t.Errorf("SignPod = %q, true; want ok false", frag)
+		}
+	})
+	t.Run("declared empty", func(t *testing.T) {
+		p := launch(t, newFactory(t), `,"podSignature":[]`)
+		if frag, ok := p.SignPod(runtimeClass("a", "gvisor")); frag != "" || !ok {
+			t.Errorf("SignPod = %q, %v; want \"\", true", frag, ok)
+		}
+	})
+	t.Run("the cost example declares empty", func(t *testing.T) {
+		p := launchCost(t, newFactory(t))
+		if frag, ok := p.SignPod(testPod("a")); frag != "" || !ok {
+			t.Errorf("SignPod = %q, %v; want \"\", true", frag, ok)
+		}
+	})
+	t.Run("declared fields", func(t *testing.T) {
+		p := launch(t, newFactory(t), `,"podSignature":["spec.runtimeClassName","spec.containers.image","metadata.annotations"]`)
+		sign := func(pod *corev1.Pod) string {
+			t.Helper()
+			frag, ok := p.SignPod(pod)
+			if !ok {
+				t.Fatalf("SignPod(%s) ok false", pod.Name)
+			}
+			return frag
+		}
+		a, b := sign(runtimeClass("a", "gvisor")), sign(runtimeClass("b", "gvisor"))
+		if a != b {
+			t.Errorf("pods that differ only by name: %q and %q", a, b)
+		}
+		if want := `["gvisor",["berth.local/busybox:1.35"],null]`; a != want {
+			t.Errorf("fragment = %s, want %s", a, want)
+		}
+		if c := sign(runtimeClass("c", "kata")); c == a {
+			t.Errorf("another runtimeClassName, same fragment %q", c)
+		}
+		if d := sign(runtimeClass("d", "")); d == a || d != `[null,["berth.local/busybox:1.35"],null]` {
+			t.Errorf("no runtimeClassName: fragment %q", d)
+		}
+		e := runtimeClass("e", "gvisor")
+		e.Spec.Containers = append(e.Spec.Containers, corev1.Container{Name: "side", Image: "berth.local/pause"})
+		if sign(e) == a {
+			t.Errorf("another container image, same fragment")
+		}
+		// Maps encode with sorted keys: the same annotations give the same fragment.
+		f, g := runtimeClass("f", "gvisor"), runtimeClass("g", "gvisor")
+		f.Annotations = map[string]string{"x": "1", "y": "2", "z": "3"}
+		g.Annotations = map[string]string{"z": "3", "y": "2", "x": "1"}
+		if sign(f) != sign(g) || sign(f) == a {
+			t.Errorf("annotations: %q and %q (without: %q)", sign(f), sign(g), a)
+		}
+	})
+	t.Run("down", func(t *testing.T) {
+		// A backoff long enough to look at the plugin while it is down.
+		f := newFactoryBackoff(t, time.Second)
+		p := launch(t, f, `,"podSignature":[]`)
+		if _, ok := p.SignPod(testPod("a")); !ok {
+			t.Fatal("SignPod ok false while up")
+		}
+		if err := syscall.Kill(p.Stats().Pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the plugin to be seen down", func() bool { return !p.Stats().Up })
+		if frag, ok := p.SignPod(testPod("a")); ok {
+			t.Errorf("SignPod while down = %q, true; want ok false", frag)
+		}
+		if p.Stats().Up {
+			t.Fatal("the plugin came back before the check while down was done: raise the backoff")
+		}
+	})
+}
+
+func TestMalformedSignatureIsRefused(t *testing.T) {
+	// The SDK will not serve a malformed signature, so the host's check is tested alone.
+	for _, fields := range [][]string{{"status.phase"}, {"spec.runtimeClassName", ""}, {"spec.containers[0].image"}} {
+		err := checkSignature(scheduler.Info{Name: "x", PodSignature: &scheduler.PodSignature{Fields: fields}})
+		bad := fields[len(fields)-1]
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%q", bad)) {
+			t.Errorf("%q: err = %v, want a refusal naming the path", fields, err)
+		}
+	}
+	for _, sig := range []*scheduler.PodSignature{nil, {}, {Fields: []string{"metadata.annotations", "spec.runtimeClassName"}}} {
+		if err := checkSignature(scheduler.Info{PodSignature: sig}); err != nil {
+			t.Errorf("%+v: %v", sig, err)
+		}
 	}
 }

@@ -1,7 +1,9 @@
 package external
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,6 +62,7 @@ var (
 	_ framework.ReservePlugin    = (*Plugin)(nil)
 	_ framework.PermitPlugin     = (*Plugin)(nil)
 	_ framework.PreBindPlugin    = (*Plugin)(nil)
+	_ framework.Signer           = (*Plugin)(nil)
 )
 
 func newPlugin(f *Factory, name, path string, args []byte, timeout time.Duration) *Plugin {
@@ -112,6 +115,68 @@ func (p *Plugin) ExtensionPoints() []string {
 		out = append(out, "preBind")
 	}
 	return out
+}
+
+// SignPod is the plugin's part of a pod's signature, for the framework's opportunistic
+// batching: ok false while the plugin is down or when its process declared no pod
+// signature in PluginInfo (its answers are never reused across pods); otherwise "" when
+// the signature names no pod field, or the values of the fields it names, JSON-encoded in
+// the order of the declaration (an absent field is null): pods with equal fragments get
+// equal answers from the plugin. The pod is encoded to JSON once per call.
+func (p *Plugin) SignPod(pod *corev1.Pod) (string, bool) {
+	in := p.serving.Load()
+	if in == nil || in.info.PodSignature == nil {
+		return "", false
+	}
+	if len(in.signature) == 0 {
+		return "", true
+	}
+	return signPod(pod, in.signature)
+}
+
+// signPod encodes the values at paths of the pod's JSON as one compact JSON array; ok
+// false when the pod does not encode (never for a valid pod).
+func signPod(pod *corev1.Pod, paths [][]string) (string, bool) {
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		return "", false
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // numbers stay as written: no float64 rounding of large integers
+	var doc any
+	if err := dec.Decode(&doc); err != nil {
+		return "", false
+	}
+	values := make([]any, len(paths))
+	for i, path := range paths {
+		values[i] = lookup(doc, path)
+	}
+	// encoding/json writes object keys sorted: equal values encode equally.
+	out, err := json.Marshal(values)
+	if err != nil {
+		return "", false
+	}
+	return string(out), true
+}
+
+// lookup returns the value at path in v (nil when absent); through a list it returns the
+// list of each element's value at the rest of the path.
+func lookup(v any, path []string) any {
+	for i, seg := range path {
+		switch x := v.(type) {
+		case map[string]any:
+			v = x[seg]
+		case []any:
+			out := make([]any, len(x))
+			for j, e := range x {
+				out[j] = lookup(e, path[i:])
+			}
+			return out
+		default:
+			return nil
+		}
+	}
+	return v
 }
 
 // Stats are counters of the plugin's life, for tests and metrics.
@@ -628,6 +693,12 @@ func (p *Plugin) Score(ctx context.Context, state *framework.CycleState, pod *co
 
 // ScoreExtensions is nil: the plugin's NormalizeScore runs in the batch.
 func (p *Plugin) ScoreExtensions() framework.ScoreExtensions { return nil }
+
+// ScoresAreRelative tells an opportunistic batch (framework.RelativeScorer) to keep the
+// plugin's scores rather than ask it again for one node: they are normalized over the
+// nodes scored together when it has NormalizeScore, and in API v1 a plugin sees nodes,
+// never their pods, so adding an alike pod to a node cannot change its score anyway.
+func (p *Plugin) ScoresAreRelative() bool { return true }
 
 // Reserve runs the plugin's Reserve.
 func (p *Plugin) Reserve(ctx context.Context, state *framework.CycleState, pod *corev1.Pod, node string) *framework.Status {

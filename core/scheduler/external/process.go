@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"berth.dev/berth/core/internal/pluginproc"
@@ -16,6 +17,8 @@ type instance struct {
 	*pluginproc.Process
 	rpc  *scheduler.Client
 	info scheduler.Info
+	// signature is info.PodSignature's paths, split at the dots (see SignPod).
+	signature [][]string
 }
 
 // errRefused is a plugin this berth cannot use (no shared API version, another name,
@@ -62,13 +65,49 @@ func (p *Plugin) launch() (*instance, error) {
 	if err != nil {
 		return fail(errRefused{err})
 	}
+	if err := checkSignature(info); err != nil {
+		return fail(errRefused{fmt.Errorf("scheduler plugin %s (%s): %w", p.name, p.path, err)})
+	}
 	if err := rpc.Configure(ctx, version, p.args); err != nil {
 		return fail(errRefused{fmt.Errorf("scheduler plugin %s refused its configuration: %w", p.name, err)})
 	}
 	in.info = info
+	in.signature = splitPaths(info.PodSignature)
 	in.Watch()
-	p.log.Info("scheduler plugin started", "plugin", p.name, "version", info.Version, "api", version, "pid", in.PID, "extensionPoints", pointNames(info.ExtensionPoints))
+	p.log.Info("scheduler plugin started", "plugin", p.name, "version", info.Version, "api", version, "pid", in.PID, "extensionPoints", pointNames(info.ExtensionPoints), "podSignature", signatureString(info.PodSignature))
 	return in, nil
+}
+
+// checkSignature refuses a pod signature with a path SignPod could not follow (the SDK
+// refuses to serve one, but a plugin may speak the protocol without it).
+func checkSignature(info scheduler.Info) error {
+	if err := info.PodSignature.Validate(); err != nil {
+		return fmt.Errorf("its PluginInfo declares a malformed pod signature: %w", err)
+	}
+	return nil
+}
+
+// splitPaths splits each of the signature's paths at its dots.
+func splitPaths(sig *scheduler.PodSignature) [][]string {
+	if sig == nil {
+		return nil
+	}
+	out := make([][]string, len(sig.Fields))
+	for i, f := range sig.Fields {
+		out[i] = strings.Split(f, ".")
+	}
+	return out
+}
+
+// signatureString describes a pod signature for the logs.
+func signatureString(sig *scheduler.PodSignature) string {
+	switch {
+	case sig == nil:
+		return "none (never batched)"
+	case len(sig.Fields) == 0:
+		return "base"
+	}
+	return "base+" + strings.Join(sig.Fields, ",")
 }
 
 func pointNames(pts []scheduler.ExtensionPoint) []string {

@@ -47,6 +47,7 @@ func New() *Plugin { return &Plugin{label: Label} }
 var (
 	_ scheduler.NormalizeScorePlugin = (*Plugin)(nil)
 	_ scheduler.Configurable         = (*Plugin)(nil)
+	_ scheduler.PodSigner            = (*Plugin)(nil)
 )
 
 // Name returns "cost".
@@ -69,6 +70,12 @@ func (p *Plugin) Configure(_ string, args []byte) error {
 	}
 	return nil
 }
+
+// PodSignature declares that the plugin's scores may be reused across alike pods, with no
+// pod field beyond the scheduler's base signature: Score reads the node's label only,
+// never the pod, and NormalizeScore only the scores of the nodes it is sent; the plugin
+// keeps no state per pod or across pods.
+func (p *Plugin) PodSignature() *scheduler.PodSignature { return &scheduler.PodSignature{} }
 
 // Score returns the node's cost negated, so that cheaper is higher; NormalizeScore brings
 // it into [0, 100].

@@ -76,3 +76,10 @@ func TestCostArgs(t *testing.T) {
 		t.Error("bad args accepted")
 	}
 }
+
+func TestPodSignature(t *testing.T) {
+	// Score never reads the pod: the scheduler may reuse its scores for any alike pod.
+	if sig := New().PodSignature(); sig == nil || len(sig.Fields) != 0 {
+		t.Errorf("PodSignature = %+v, want an empty signature", sig)
+	}
+}

@@ -4,7 +4,8 @@
 //
 // Shape of a session:
 //   1. PluginInfo: the plugin says who it is, which API versions of this protocol it
-//      speaks and which extension points it implements.
+//      speaks, which extension points it implements and (optionally) which fields of a
+//      pod its answers depend on, so that the host may reuse them for alike pods.
 //   2. Configure: the host names the API version it chose (the highest both speak) and
 //      passes the plugin's arguments from the scheduler configuration file.
 //   3. SyncNodes: the host sends every node once, then only what changed (a delta),
@@ -350,8 +351,19 @@ type PluginInfoResponse struct {
 	ApiVersions []string `protobuf:"bytes,3,rep,name=api_versions,json=apiVersions,proto3" json:"api_versions,omitempty"`
 	// extension_points are the RPCs the plugin implements.
 	ExtensionPoints []ExtensionPoint `protobuf:"varint,4,rep,packed,name=extension_points,json=extensionPoints,proto3,enum=berth.scheduler.v1.ExtensionPoint" json:"extension_points,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// pod_signature, when present, lets the host batch alike pods (opportunistic batching,
+	// as Kubernetes 1.35 has it, KEP-5598): the plugin promises that its answers for a pod
+	// (PreFilter, Filter, PreScore, Score, NormalizeScore) depend only on the nodes it was
+	// sent and on the pod's fields named in pod_signature.pod_fields, besides the host's
+	// base signature of the pod (namespace, labels, nodeSelector, affinity, tolerations,
+	// resource requests, host ports, priority, volumes), which is always part of it. The host may then reuse the answers it got for
+	// one pod for the next pods with the same signature, checking them again only on the
+	// node each is placed on, without calling the plugin for them. Absent: the host never
+	// reuses the plugin's answers (a plugin built before this field stays correct). Added
+	// within v1 (an older host ignores it): no new API version.
+	PodSignature  *PodSignature `protobuf:"bytes,5,opt,name=pod_signature,json=podSignature,proto3" json:"pod_signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PluginInfoResponse) Reset() {
@@ -412,6 +424,69 @@ func (x *PluginInfoResponse) GetExtensionPoints() []ExtensionPoint {
 	return nil
 }
 
+func (x *PluginInfoResponse) GetPodSignature() *PodSignature {
+	if x != nil {
+		return x.PodSignature
+	}
+	return nil
+}
+
+// PodSignature is what, besides the host's base signature, a plugin's filtering and
+// scoring answers for a pod depend on (PluginInfoResponse.pod_signature). A plugin must
+// not declare one when its answers depend on anything else: state it keeps per pod or
+// across pods (placements it counted in Reserve, a cycle's PreFilter state), the time, or
+// a system outside the pod and the nodes the host sent.
+type PodSignature struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pod_fields are dotted JSON paths into the Pod (its Kubernetes JSON field names),
+	// e.g. "metadata.annotations", "spec.runtimeClassName", "spec.containers": each names a
+	// whole subtree; through a list a path names that field of every element
+	// ("spec.containers.image": every container's image). Each path starts with "metadata."
+	// or "spec." and its segments are non-empty, of letters, digits and '_'; the host refuses
+	// a plugin that declares another path. Empty: the answers depend on the base signature
+	// alone.
+	PodFields     []string `protobuf:"bytes,1,rep,name=pod_fields,json=podFields,proto3" json:"pod_fields,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodSignature) Reset() {
+	*x = PodSignature{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSignature) ProtoMessage() {}
+
+func (x *PodSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSignature.ProtoReflect.Descriptor instead.
+func (*PodSignature) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PodSignature) GetPodFields() []string {
+	if x != nil {
+		return x.PodFields
+	}
+	return nil
+}
+
 type ConfigureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// api_version is the version the host chose; the plugin speaks it from now on.
@@ -424,7 +499,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +511,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +524,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConfigureRequest) GetApiVersion() string {
@@ -474,7 +549,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +561,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +574,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 type SyncNodesRequest struct {
@@ -521,7 +596,7 @@ type SyncNodesRequest struct {
 
 func (x *SyncNodesRequest) Reset() {
 	*x = SyncNodesRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +608,7 @@ func (x *SyncNodesRequest) String() string {
 func (*SyncNodesRequest) ProtoMessage() {}
 
 func (x *SyncNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +621,7 @@ func (x *SyncNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncNodesRequest.ProtoReflect.Descriptor instead.
 func (*SyncNodesRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SyncNodesRequest) GetBaseGeneration() int64 {
@@ -594,7 +669,7 @@ type SyncNodesResponse struct {
 
 func (x *SyncNodesResponse) Reset() {
 	*x = SyncNodesResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +681,7 @@ func (x *SyncNodesResponse) String() string {
 func (*SyncNodesResponse) ProtoMessage() {}
 
 func (x *SyncNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +694,7 @@ func (x *SyncNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncNodesResponse.ProtoReflect.Descriptor instead.
 func (*SyncNodesResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SyncNodesResponse) GetGeneration() int64 {
@@ -638,7 +713,7 @@ type PreFilterRequest struct {
 
 func (x *PreFilterRequest) Reset() {
 	*x = PreFilterRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +725,7 @@ func (x *PreFilterRequest) String() string {
 func (*PreFilterRequest) ProtoMessage() {}
 
 func (x *PreFilterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +738,7 @@ func (x *PreFilterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreFilterRequest.ProtoReflect.Descriptor instead.
 func (*PreFilterRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PreFilterRequest) GetCycle() *Cycle {
@@ -685,7 +760,7 @@ type PreFilterResponse struct {
 
 func (x *PreFilterResponse) Reset() {
 	*x = PreFilterResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +772,7 @@ func (x *PreFilterResponse) String() string {
 func (*PreFilterResponse) ProtoMessage() {}
 
 func (x *PreFilterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +785,7 @@ func (x *PreFilterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreFilterResponse.ProtoReflect.Descriptor instead.
 func (*PreFilterResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PreFilterResponse) GetStatus() *Status {
@@ -747,7 +822,7 @@ type FilterRequest struct {
 
 func (x *FilterRequest) Reset() {
 	*x = FilterRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +834,7 @@ func (x *FilterRequest) String() string {
 func (*FilterRequest) ProtoMessage() {}
 
 func (x *FilterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +847,7 @@ func (x *FilterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterRequest.ProtoReflect.Descriptor instead.
 func (*FilterRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FilterRequest) GetCycle() *Cycle {
@@ -806,7 +881,7 @@ type FilterResponse struct {
 
 func (x *FilterResponse) Reset() {
 	*x = FilterResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +893,7 @@ func (x *FilterResponse) String() string {
 func (*FilterResponse) ProtoMessage() {}
 
 func (x *FilterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +906,7 @@ func (x *FilterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterResponse.ProtoReflect.Descriptor instead.
 func (*FilterResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FilterResponse) GetStatuses() []*Status {
@@ -853,7 +928,7 @@ type PostFilterRequest struct {
 
 func (x *PostFilterRequest) Reset() {
 	*x = PostFilterRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +940,7 @@ func (x *PostFilterRequest) String() string {
 func (*PostFilterRequest) ProtoMessage() {}
 
 func (x *PostFilterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +953,7 @@ func (x *PostFilterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostFilterRequest.ProtoReflect.Descriptor instead.
 func (*PostFilterRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PostFilterRequest) GetCycle() *Cycle {
@@ -913,7 +988,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1000,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1013,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeStatus) GetNodeName() string {
@@ -966,7 +1041,7 @@ type PostFilterResponse struct {
 
 func (x *PostFilterResponse) Reset() {
 	*x = PostFilterResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1053,7 @@ func (x *PostFilterResponse) String() string {
 func (*PostFilterResponse) ProtoMessage() {}
 
 func (x *PostFilterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1066,7 @@ func (x *PostFilterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PostFilterResponse.ProtoReflect.Descriptor instead.
 func (*PostFilterResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PostFilterResponse) GetStatus() *Status {
@@ -1020,7 +1095,7 @@ type PreScoreRequest struct {
 
 func (x *PreScoreRequest) Reset() {
 	*x = PreScoreRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1107,7 @@ func (x *PreScoreRequest) String() string {
 func (*PreScoreRequest) ProtoMessage() {}
 
 func (x *PreScoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1120,7 @@ func (x *PreScoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreScoreRequest.ProtoReflect.Descriptor instead.
 func (*PreScoreRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PreScoreRequest) GetCycle() *Cycle {
@@ -1078,7 +1153,7 @@ type PreScoreResponse struct {
 
 func (x *PreScoreResponse) Reset() {
 	*x = PreScoreResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1165,7 @@ func (x *PreScoreResponse) String() string {
 func (*PreScoreResponse) ProtoMessage() {}
 
 func (x *PreScoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1178,7 @@ func (x *PreScoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreScoreResponse.ProtoReflect.Descriptor instead.
 func (*PreScoreResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PreScoreResponse) GetStatus() *Status {
@@ -1129,7 +1204,7 @@ type ScoreRequest struct {
 
 func (x *ScoreRequest) Reset() {
 	*x = ScoreRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1216,7 @@ func (x *ScoreRequest) String() string {
 func (*ScoreRequest) ProtoMessage() {}
 
 func (x *ScoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1229,7 @@ func (x *ScoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoreRequest.ProtoReflect.Descriptor instead.
 func (*ScoreRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ScoreRequest) GetCycle() *Cycle {
@@ -1200,7 +1275,7 @@ type ScoreResponse struct {
 
 func (x *ScoreResponse) Reset() {
 	*x = ScoreResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1287,7 @@ func (x *ScoreResponse) String() string {
 func (*ScoreResponse) ProtoMessage() {}
 
 func (x *ScoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1300,7 @@ func (x *ScoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoreResponse.ProtoReflect.Descriptor instead.
 func (*ScoreResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ScoreResponse) GetStatus() *Status {
@@ -1261,7 +1336,7 @@ type NormalizeScoreRequest struct {
 
 func (x *NormalizeScoreRequest) Reset() {
 	*x = NormalizeScoreRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1348,7 @@ func (x *NormalizeScoreRequest) String() string {
 func (*NormalizeScoreRequest) ProtoMessage() {}
 
 func (x *NormalizeScoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1361,7 @@ func (x *NormalizeScoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NormalizeScoreRequest.ProtoReflect.Descriptor instead.
 func (*NormalizeScoreRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NormalizeScoreRequest) GetCycle() *Cycle {
@@ -1321,7 +1396,7 @@ type NormalizeScoreResponse struct {
 
 func (x *NormalizeScoreResponse) Reset() {
 	*x = NormalizeScoreResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1408,7 @@ func (x *NormalizeScoreResponse) String() string {
 func (*NormalizeScoreResponse) ProtoMessage() {}
 
 func (x *NormalizeScoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1421,7 @@ func (x *NormalizeScoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NormalizeScoreResponse.ProtoReflect.Descriptor instead.
 func (*NormalizeScoreResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NormalizeScoreResponse) GetStatus() *Status {
@@ -1373,7 +1448,7 @@ type ReserveRequest struct {
 
 func (x *ReserveRequest) Reset() {
 	*x = ReserveRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1460,7 @@ func (x *ReserveRequest) String() string {
 func (*ReserveRequest) ProtoMessage() {}
 
 func (x *ReserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1473,7 @@ func (x *ReserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveRequest.ProtoReflect.Descriptor instead.
 func (*ReserveRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReserveRequest) GetCycle() *Cycle {
@@ -1424,7 +1499,7 @@ type ReserveResponse struct {
 
 func (x *ReserveResponse) Reset() {
 	*x = ReserveResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1511,7 @@ func (x *ReserveResponse) String() string {
 func (*ReserveResponse) ProtoMessage() {}
 
 func (x *ReserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1524,7 @@ func (x *ReserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveResponse.ProtoReflect.Descriptor instead.
 func (*ReserveResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReserveResponse) GetStatus() *Status {
@@ -1469,7 +1544,7 @@ type UnreserveRequest struct {
 
 func (x *UnreserveRequest) Reset() {
 	*x = UnreserveRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1556,7 @@ func (x *UnreserveRequest) String() string {
 func (*UnreserveRequest) ProtoMessage() {}
 
 func (x *UnreserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1569,7 @@ func (x *UnreserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreserveRequest.ProtoReflect.Descriptor instead.
 func (*UnreserveRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UnreserveRequest) GetCycle() *Cycle {
@@ -1519,7 +1594,7 @@ type UnreserveResponse struct {
 
 func (x *UnreserveResponse) Reset() {
 	*x = UnreserveResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1606,7 @@ func (x *UnreserveResponse) String() string {
 func (*UnreserveResponse) ProtoMessage() {}
 
 func (x *UnreserveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1619,7 @@ func (x *UnreserveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreserveResponse.ProtoReflect.Descriptor instead.
 func (*UnreserveResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 type PermitRequest struct {
@@ -1557,7 +1632,7 @@ type PermitRequest struct {
 
 func (x *PermitRequest) Reset() {
 	*x = PermitRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1644,7 @@ func (x *PermitRequest) String() string {
 func (*PermitRequest) ProtoMessage() {}
 
 func (x *PermitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1657,7 @@ func (x *PermitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitRequest.ProtoReflect.Descriptor instead.
 func (*PermitRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PermitRequest) GetCycle() *Cycle {
@@ -1610,7 +1685,7 @@ type PermitResponse struct {
 
 func (x *PermitResponse) Reset() {
 	*x = PermitResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1697,7 @@ func (x *PermitResponse) String() string {
 func (*PermitResponse) ProtoMessage() {}
 
 func (x *PermitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1710,7 @@ func (x *PermitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitResponse.ProtoReflect.Descriptor instead.
 func (*PermitResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PermitResponse) GetStatus() *Status {
@@ -1662,7 +1737,7 @@ type PreBindRequest struct {
 
 func (x *PreBindRequest) Reset() {
 	*x = PreBindRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1749,7 @@ func (x *PreBindRequest) String() string {
 func (*PreBindRequest) ProtoMessage() {}
 
 func (x *PreBindRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +1762,7 @@ func (x *PreBindRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreBindRequest.ProtoReflect.Descriptor instead.
 func (*PreBindRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PreBindRequest) GetCycle() *Cycle {
@@ -1713,7 +1788,7 @@ type PreBindResponse struct {
 
 func (x *PreBindResponse) Reset() {
 	*x = PreBindResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1800,7 @@ func (x *PreBindResponse) String() string {
 func (*PreBindResponse) ProtoMessage() {}
 
 func (x *PreBindResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +1813,7 @@ func (x *PreBindResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreBindResponse.ProtoReflect.Descriptor instead.
 func (*PreBindResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PreBindResponse) GetStatus() *Status {
@@ -1760,12 +1835,16 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\fR\x03pod\"?\n" +
 	"\x11PluginInfoRequest\x12*\n" +
-	"\x11host_api_versions\x18\x01 \x03(\tR\x0fhostApiVersions\"\xb4\x01\n" +
+	"\x11host_api_versions\x18\x01 \x03(\tR\x0fhostApiVersions\"\xfb\x01\n" +
 	"\x12PluginInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
 	"\fapi_versions\x18\x03 \x03(\tR\vapiVersions\x12M\n" +
-	"\x10extension_points\x18\x04 \x03(\x0e2\".berth.scheduler.v1.ExtensionPointR\x0fextensionPoints\"G\n" +
+	"\x10extension_points\x18\x04 \x03(\x0e2\".berth.scheduler.v1.ExtensionPointR\x0fextensionPoints\x12E\n" +
+	"\rpod_signature\x18\x05 \x01(\v2 .berth.scheduler.v1.PodSignatureR\fpodSignature\"-\n" +
+	"\fPodSignature\x12\x1d\n" +
+	"\n" +
+	"pod_fields\x18\x01 \x03(\tR\tpodFields\"G\n" +
 	"\x10ConfigureRequest\x12\x1f\n" +
 	"\vapi_version\x18\x01 \x01(\tR\n" +
 	"apiVersion\x12\x12\n" +
@@ -1905,7 +1984,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(ExtensionPoint)(0),            // 0: berth.scheduler.v1.ExtensionPoint
 	(Code)(0),                      // 1: berth.scheduler.v1.Code
@@ -1913,87 +1992,89 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*Cycle)(nil),                  // 3: berth.scheduler.v1.Cycle
 	(*PluginInfoRequest)(nil),      // 4: berth.scheduler.v1.PluginInfoRequest
 	(*PluginInfoResponse)(nil),     // 5: berth.scheduler.v1.PluginInfoResponse
-	(*ConfigureRequest)(nil),       // 6: berth.scheduler.v1.ConfigureRequest
-	(*ConfigureResponse)(nil),      // 7: berth.scheduler.v1.ConfigureResponse
-	(*SyncNodesRequest)(nil),       // 8: berth.scheduler.v1.SyncNodesRequest
-	(*SyncNodesResponse)(nil),      // 9: berth.scheduler.v1.SyncNodesResponse
-	(*PreFilterRequest)(nil),       // 10: berth.scheduler.v1.PreFilterRequest
-	(*PreFilterResponse)(nil),      // 11: berth.scheduler.v1.PreFilterResponse
-	(*FilterRequest)(nil),          // 12: berth.scheduler.v1.FilterRequest
-	(*FilterResponse)(nil),         // 13: berth.scheduler.v1.FilterResponse
-	(*PostFilterRequest)(nil),      // 14: berth.scheduler.v1.PostFilterRequest
-	(*NodeStatus)(nil),             // 15: berth.scheduler.v1.NodeStatus
-	(*PostFilterResponse)(nil),     // 16: berth.scheduler.v1.PostFilterResponse
-	(*PreScoreRequest)(nil),        // 17: berth.scheduler.v1.PreScoreRequest
-	(*PreScoreResponse)(nil),       // 18: berth.scheduler.v1.PreScoreResponse
-	(*ScoreRequest)(nil),           // 19: berth.scheduler.v1.ScoreRequest
-	(*ScoreResponse)(nil),          // 20: berth.scheduler.v1.ScoreResponse
-	(*NormalizeScoreRequest)(nil),  // 21: berth.scheduler.v1.NormalizeScoreRequest
-	(*NormalizeScoreResponse)(nil), // 22: berth.scheduler.v1.NormalizeScoreResponse
-	(*ReserveRequest)(nil),         // 23: berth.scheduler.v1.ReserveRequest
-	(*ReserveResponse)(nil),        // 24: berth.scheduler.v1.ReserveResponse
-	(*UnreserveRequest)(nil),       // 25: berth.scheduler.v1.UnreserveRequest
-	(*UnreserveResponse)(nil),      // 26: berth.scheduler.v1.UnreserveResponse
-	(*PermitRequest)(nil),          // 27: berth.scheduler.v1.PermitRequest
-	(*PermitResponse)(nil),         // 28: berth.scheduler.v1.PermitResponse
-	(*PreBindRequest)(nil),         // 29: berth.scheduler.v1.PreBindRequest
-	(*PreBindResponse)(nil),        // 30: berth.scheduler.v1.PreBindResponse
+	(*PodSignature)(nil),           // 6: berth.scheduler.v1.PodSignature
+	(*ConfigureRequest)(nil),       // 7: berth.scheduler.v1.ConfigureRequest
+	(*ConfigureResponse)(nil),      // 8: berth.scheduler.v1.ConfigureResponse
+	(*SyncNodesRequest)(nil),       // 9: berth.scheduler.v1.SyncNodesRequest
+	(*SyncNodesResponse)(nil),      // 10: berth.scheduler.v1.SyncNodesResponse
+	(*PreFilterRequest)(nil),       // 11: berth.scheduler.v1.PreFilterRequest
+	(*PreFilterResponse)(nil),      // 12: berth.scheduler.v1.PreFilterResponse
+	(*FilterRequest)(nil),          // 13: berth.scheduler.v1.FilterRequest
+	(*FilterResponse)(nil),         // 14: berth.scheduler.v1.FilterResponse
+	(*PostFilterRequest)(nil),      // 15: berth.scheduler.v1.PostFilterRequest
+	(*NodeStatus)(nil),             // 16: berth.scheduler.v1.NodeStatus
+	(*PostFilterResponse)(nil),     // 17: berth.scheduler.v1.PostFilterResponse
+	(*PreScoreRequest)(nil),        // 18: berth.scheduler.v1.PreScoreRequest
+	(*PreScoreResponse)(nil),       // 19: berth.scheduler.v1.PreScoreResponse
+	(*ScoreRequest)(nil),           // 20: berth.scheduler.v1.ScoreRequest
+	(*ScoreResponse)(nil),          // 21: berth.scheduler.v1.ScoreResponse
+	(*NormalizeScoreRequest)(nil),  // 22: berth.scheduler.v1.NormalizeScoreRequest
+	(*NormalizeScoreResponse)(nil), // 23: berth.scheduler.v1.NormalizeScoreResponse
+	(*ReserveRequest)(nil),         // 24: berth.scheduler.v1.ReserveRequest
+	(*ReserveResponse)(nil),        // 25: berth.scheduler.v1.ReserveResponse
+	(*UnreserveRequest)(nil),       // 26: berth.scheduler.v1.UnreserveRequest
+	(*UnreserveResponse)(nil),      // 27: berth.scheduler.v1.UnreserveResponse
+	(*PermitRequest)(nil),          // 28: berth.scheduler.v1.PermitRequest
+	(*PermitResponse)(nil),         // 29: berth.scheduler.v1.PermitResponse
+	(*PreBindRequest)(nil),         // 30: berth.scheduler.v1.PreBindRequest
+	(*PreBindResponse)(nil),        // 31: berth.scheduler.v1.PreBindResponse
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	1,  // 0: berth.scheduler.v1.Status.code:type_name -> berth.scheduler.v1.Code
 	0,  // 1: berth.scheduler.v1.PluginInfoResponse.extension_points:type_name -> berth.scheduler.v1.ExtensionPoint
-	3,  // 2: berth.scheduler.v1.PreFilterRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 3: berth.scheduler.v1.PreFilterResponse.status:type_name -> berth.scheduler.v1.Status
-	3,  // 4: berth.scheduler.v1.FilterRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 5: berth.scheduler.v1.FilterResponse.statuses:type_name -> berth.scheduler.v1.Status
-	3,  // 6: berth.scheduler.v1.PostFilterRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	15, // 7: berth.scheduler.v1.PostFilterRequest.rejected:type_name -> berth.scheduler.v1.NodeStatus
-	2,  // 8: berth.scheduler.v1.NodeStatus.status:type_name -> berth.scheduler.v1.Status
-	2,  // 9: berth.scheduler.v1.PostFilterResponse.status:type_name -> berth.scheduler.v1.Status
-	3,  // 10: berth.scheduler.v1.PreScoreRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 11: berth.scheduler.v1.PreScoreResponse.status:type_name -> berth.scheduler.v1.Status
-	3,  // 12: berth.scheduler.v1.ScoreRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 13: berth.scheduler.v1.ScoreResponse.status:type_name -> berth.scheduler.v1.Status
-	3,  // 14: berth.scheduler.v1.NormalizeScoreRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 15: berth.scheduler.v1.NormalizeScoreResponse.status:type_name -> berth.scheduler.v1.Status
-	3,  // 16: berth.scheduler.v1.ReserveRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 17: berth.scheduler.v1.ReserveResponse.status:type_name -> berth.scheduler.v1.Status
-	3,  // 18: berth.scheduler.v1.UnreserveRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	3,  // 19: berth.scheduler.v1.PermitRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 20: berth.scheduler.v1.PermitResponse.status:type_name -> berth.scheduler.v1.Status
-	3,  // 21: berth.scheduler.v1.PreBindRequest.cycle:type_name -> berth.scheduler.v1.Cycle
-	2,  // 22: berth.scheduler.v1.PreBindResponse.status:type_name -> berth.scheduler.v1.Status
-	4,  // 23: berth.scheduler.v1.Scheduler.PluginInfo:input_type -> berth.scheduler.v1.PluginInfoRequest
-	6,  // 24: berth.scheduler.v1.Scheduler.Configure:input_type -> berth.scheduler.v1.ConfigureRequest
-	8,  // 25: berth.scheduler.v1.Scheduler.SyncNodes:input_type -> berth.scheduler.v1.SyncNodesRequest
-	10, // 26: berth.scheduler.v1.Scheduler.PreFilter:input_type -> berth.scheduler.v1.PreFilterRequest
-	12, // 27: berth.scheduler.v1.Scheduler.Filter:input_type -> berth.scheduler.v1.FilterRequest
-	14, // 28: berth.scheduler.v1.Scheduler.PostFilter:input_type -> berth.scheduler.v1.PostFilterRequest
-	17, // 29: berth.scheduler.v1.Scheduler.PreScore:input_type -> berth.scheduler.v1.PreScoreRequest
-	19, // 30: berth.scheduler.v1.Scheduler.Score:input_type -> berth.scheduler.v1.ScoreRequest
-	21, // 31: berth.scheduler.v1.Scheduler.NormalizeScore:input_type -> berth.scheduler.v1.NormalizeScoreRequest
-	23, // 32: berth.scheduler.v1.Scheduler.Reserve:input_type -> berth.scheduler.v1.ReserveRequest
-	25, // 33: berth.scheduler.v1.Scheduler.Unreserve:input_type -> berth.scheduler.v1.UnreserveRequest
-	27, // 34: berth.scheduler.v1.Scheduler.Permit:input_type -> berth.scheduler.v1.PermitRequest
-	29, // 35: berth.scheduler.v1.Scheduler.PreBind:input_type -> berth.scheduler.v1.PreBindRequest
-	5,  // 36: berth.scheduler.v1.Scheduler.PluginInfo:output_type -> berth.scheduler.v1.PluginInfoResponse
-	7,  // 37: berth.scheduler.v1.Scheduler.Configure:output_type -> berth.scheduler.v1.ConfigureResponse
-	9,  // 38: berth.scheduler.v1.Scheduler.SyncNodes:output_type -> berth.scheduler.v1.SyncNodesResponse
-	11, // 39: berth.scheduler.v1.Scheduler.PreFilter:output_type -> berth.scheduler.v1.PreFilterResponse
-	13, // 40: berth.scheduler.v1.Scheduler.Filter:output_type -> berth.scheduler.v1.FilterResponse
-	16, // 41: berth.scheduler.v1.Scheduler.PostFilter:output_type -> berth.scheduler.v1.PostFilterResponse
-	18, // 42: berth.scheduler.v1.Scheduler.PreScore:output_type -> berth.scheduler.v1.PreScoreResponse
-	20, // 43: berth.scheduler.v1.Scheduler.Score:output_type -> berth.scheduler.v1.ScoreResponse
-	22, // 44: berth.scheduler.v1.Scheduler.NormalizeScore:output_type -> berth.scheduler.v1.NormalizeScoreResponse
-	24, // 45: berth.scheduler.v1.Scheduler.Reserve:output_type -> berth.scheduler.v1.ReserveResponse
-	26, // 46: berth.scheduler.v1.Scheduler.Unreserve:output_type -> berth.scheduler.v1.UnreserveResponse
-	28, // 47: berth.scheduler.v1.Scheduler.Permit:output_type -> berth.scheduler.v1.PermitResponse
-	30, // 48: berth.scheduler.v1.Scheduler.PreBind:output_type -> berth.scheduler.v1.PreBindResponse
-	36, // [36:49] is the sub-list for method output_type
-	23, // [23:36] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	6,  // 2: berth.scheduler.v1.PluginInfoResponse.pod_signature:type_name -> berth.scheduler.v1.PodSignature
+	3,  // 3: berth.scheduler.v1.PreFilterRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 4: berth.scheduler.v1.PreFilterResponse.status:type_name -> berth.scheduler.v1.Status
+	3,  // 5: berth.scheduler.v1.FilterRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 6: berth.scheduler.v1.FilterResponse.statuses:type_name -> berth.scheduler.v1.Status
+	3,  // 7: berth.scheduler.v1.PostFilterRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	16, // 8: berth.scheduler.v1.PostFilterRequest.rejected:type_name -> berth.scheduler.v1.NodeStatus
+	2,  // 9: berth.scheduler.v1.NodeStatus.status:type_name -> berth.scheduler.v1.Status
+	2,  // 10: berth.scheduler.v1.PostFilterResponse.status:type_name -> berth.scheduler.v1.Status
+	3,  // 11: berth.scheduler.v1.PreScoreRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 12: berth.scheduler.v1.PreScoreResponse.status:type_name -> berth.scheduler.v1.Status
+	3,  // 13: berth.scheduler.v1.ScoreRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 14: berth.scheduler.v1.ScoreResponse.status:type_name -> berth.scheduler.v1.Status
+	3,  // 15: berth.scheduler.v1.NormalizeScoreRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 16: berth.scheduler.v1.NormalizeScoreResponse.status:type_name -> berth.scheduler.v1.Status
+	3,  // 17: berth.scheduler.v1.ReserveRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 18: berth.scheduler.v1.ReserveResponse.status:type_name -> berth.scheduler.v1.Status
+	3,  // 19: berth.scheduler.v1.UnreserveRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	3,  // 20: berth.scheduler.v1.PermitRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 21: berth.scheduler.v1.PermitResponse.status:type_name -> berth.scheduler.v1.Status
+	3,  // 22: berth.scheduler.v1.PreBindRequest.cycle:type_name -> berth.scheduler.v1.Cycle
+	2,  // 23: berth.scheduler.v1.PreBindResponse.status:type_name -> berth.scheduler.v1.Status
+	4,  // 24: berth.scheduler.v1.Scheduler.PluginInfo:input_type -> berth.scheduler.v1.PluginInfoRequest
+	7,  // 25: berth.scheduler.v1.Scheduler.Configure:input_type -> berth.scheduler.v1.ConfigureRequest
+	9,  // 26: berth.scheduler.v1.Scheduler.SyncNodes:input_type -> berth.scheduler.v1.SyncNodesRequest
+	11, // 27: berth.scheduler.v1.Scheduler.PreFilter:input_type -> berth.scheduler.v1.PreFilterRequest
+	13, // 28: berth.scheduler.v1.Scheduler.Filter:input_type -> berth.scheduler.v1.FilterRequest
+	15, // 29: berth.scheduler.v1.Scheduler.PostFilter:input_type -> berth.scheduler.v1.PostFilterRequest
+	18, // 30: berth.scheduler.v1.Scheduler.PreScore:input_type -> berth.scheduler.v1.PreScoreRequest
+	20, // 31: berth.scheduler.v1.Scheduler.Score:input_type -> berth.scheduler.v1.ScoreRequest
+	22, // 32: berth.scheduler.v1.Scheduler.NormalizeScore:input_type -> berth.scheduler.v1.NormalizeScoreRequest
+	24, // 33: berth.scheduler.v1.Scheduler.Reserve:input_type -> berth.scheduler.v1.ReserveRequest
+	26, // 34: berth.scheduler.v1.Scheduler.Unreserve:input_type -> berth.scheduler.v1.UnreserveRequest
+	28, // 35: berth.scheduler.v1.Scheduler.Permit:input_type -> berth.scheduler.v1.PermitRequest
+	30, // 36: berth.scheduler.v1.Scheduler.PreBind:input_type -> berth.scheduler.v1.PreBindRequest
+	5,  // 37: berth.scheduler.v1.Scheduler.PluginInfo:output_type -> berth.scheduler.v1.PluginInfoResponse
+	8,  // 38: berth.scheduler.v1.Scheduler.Configure:output_type -> berth.scheduler.v1.ConfigureResponse
+	10, // 39: berth.scheduler.v1.Scheduler.SyncNodes:output_type -> berth.scheduler.v1.SyncNodesResponse
+	12, // 40: berth.scheduler.v1.Scheduler.PreFilter:output_type -> berth.scheduler.v1.PreFilterResponse
+	14, // 41: berth.scheduler.v1.Scheduler.Filter:output_type -> berth.scheduler.v1.FilterResponse
+	17, // 42: berth.scheduler.v1.Scheduler.PostFilter:output_type -> berth.scheduler.v1.PostFilterResponse
+	19, // 43: berth.scheduler.v1.Scheduler.PreScore:output_type -> berth.scheduler.v1.PreScoreResponse
+	21, // 44: berth.scheduler.v1.Scheduler.Score:output_type -> berth.scheduler.v1.ScoreResponse
+	23, // 45: berth.scheduler.v1.Scheduler.NormalizeScore:output_type -> berth.scheduler.v1.NormalizeScoreResponse
+	25, // 46: berth.scheduler.v1.Scheduler.Reserve:output_type -> berth.scheduler.v1.ReserveResponse
+	27, // 47: berth.scheduler.v1.Scheduler.Unreserve:output_type -> berth.scheduler.v1.UnreserveResponse
+	29, // 48: berth.scheduler.v1.Scheduler.Permit:output_type -> berth.scheduler.v1.PermitResponse
+	31, // 49: berth.scheduler.v1.Scheduler.PreBind:output_type -> berth.scheduler.v1.PreBindResponse
+	37, // [37:50] is the sub-list for method output_type
+	24, // [24:37] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -2007,7 +2088,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -4,7 +4,8 @@
 //
 // Shape of a session:
 //   1. PluginInfo: the plugin says who it is, which API versions of this protocol it
-//      speaks and which extension points it implements.
+//      speaks, which extension points it implements and (optionally) which fields of a
+//      pod its answers depend on, so that the host may reuse them for alike pods.
 //   2. Configure: the host names the API version it chose (the highest both speak) and
 //      passes the plugin's arguments from the scheduler configuration file.
 //   3. SyncNodes: the host sends every node once, then only what changed (a delta),
@@ -68,7 +69,8 @@ const (
 // it announces in PluginInfoResponse.extension_points; the others answer
 // UNIMPLEMENTED and the host never calls them.
 type SchedulerClient interface {
-	// PluginInfo returns the plugin's name, version, API versions and extension points.
+	// PluginInfo returns the plugin's name, version, API versions and extension points,
+	// and its pod signature when it has one.
 	// The host calls it first, once per plugin process.
 	PluginInfo(ctx context.Context, in *PluginInfoRequest, opts ...grpc.CallOption) (*PluginInfoResponse, error)
 	// Configure tells the plugin the API version the host chose and its arguments. It
@@ -259,7 +261,8 @@ func (c *schedulerClient) PreBind(ctx context.Context, in *PreBindRequest, opts 
 // it announces in PluginInfoResponse.extension_points; the others answer
 // UNIMPLEMENTED and the host never calls them.
 type SchedulerServer interface {
-	// PluginInfo returns the plugin's name, version, API versions and extension points.
+	// PluginInfo returns the plugin's name, version, API versions and extension points,
+	// and its pod signature when it has one.
 	// The host calls it first, once per plugin process.
 	PluginInfo(context.Context, *PluginInfoRequest) (*PluginInfoResponse, error)
 	// Configure tells the plugin the API version the host chose and its arguments. It

@@ -1,7 +1,8 @@
 // Command liar is a deliberately broken scheduler plugin for the tests of berth's plugin
 // conformance suite, written on go-plugin and the protocol directly (the SDK would not
-// let it lie): it declares filter but answers UNIMPLEMENTED to it, and answers Score,
-// which it does not declare.
+// let it lie): it declares filter but answers UNIMPLEMENTED to it, answers Score, which
+// it does not declare, and declares a pod signature on a field outside the pod's
+// metadata and spec.
 package main
 
 import (
@@ -21,7 +22,8 @@ type liar struct {
 
 func (l *liar) PluginInfo(context.Context, *schedulerv1.PluginInfoRequest) (*schedulerv1.PluginInfoResponse, error) {
 	return &schedulerv1.PluginInfoResponse{Name: "liar", Version: "0.0.1", ApiVersions: []string{"v1"},
-		ExtensionPoints: []schedulerv1.ExtensionPoint{schedulerv1.ExtensionPoint_EXTENSION_POINT_FILTER}}, nil
+		ExtensionPoints: []schedulerv1.ExtensionPoint{schedulerv1.ExtensionPoint_EXTENSION_POINT_FILTER},
+		PodSignature:    &schedulerv1.PodSignature{PodFields: []string{"status.phase"}}}, nil
 }
 
 func (l *liar) Configure(context.Context, *schedulerv1.ConfigureRequest) (*schedulerv1.ConfigureResponse, error) {

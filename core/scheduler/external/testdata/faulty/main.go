@@ -2,7 +2,7 @@
 // well-behaved plugin until its control file (named by its args) says otherwise:
 // "hang" blocks every Score and Filter, "garbage" answers a wrong number of scores and
 // scores out of range, "crash" exits in the middle of a call. Its name and API versions
-// come from the args too, to test the refusals.
+// come from the args too, to test the refusals, and so does the pod signature it declares.
 package main
 
 import (
@@ -21,6 +21,8 @@ type args struct {
 	Name        string   `json:"name"`
 	Control     string   `json:"control"`
 	APIVersions []string `json:"apiVersions"`
+	// PodSignature, when set (even to []), is the pod signature it declares.
+	PodSignature *[]string `json:"podSignature"`
 }
 
 type faulty struct{ a args }
@@ -36,6 +38,13 @@ func (f *faulty) APIVersions() []string {
 }
 
 func (f *faulty) Configure(string, []byte) error { return nil }
+
+func (f *faulty) PodSignature() *scheduler.PodSignature {
+	if f.a.PodSignature == nil {
+		return nil
+	}
+	return &scheduler.PodSignature{Fields: *f.a.PodSignature}
+}
 
 // mode reads the control file; a missing file is "ok".
 func (f *faulty) mode() string {
