@@ -206,38 +206,16 @@ func (f *Framework) ScheduleInCycle(ctx context.Context, state *CycleState, pod 
 		// The batch no longer answers: a full cycle on a fresh state.
 		state.reset()
 	}
-	nodes := snapshot.List()
-	if len(nodes) == 0 {
-		return ScheduleResult{}, &FitError{Pod: pod, NumAllNodes: 0, Diagnosis: Diagnosis{NodeToStatus: NewNodeToStatus()}}
-	}
-	feasible, diag, err := f.FindFeasibleNodes(ctx, state, pod, nodes)
-	if err != nil {
-		return ScheduleResult{}, err
-	}
-	if len(feasible) == 0 {
-		return ScheduleResult{}, &FitError{Pod: pod, NumAllNodes: len(nodes), Diagnosis: diag}
-	}
-	evaluated := len(feasible) + diag.NodeToStatus.Len()
-	if len(feasible) == 1 {
-		return ScheduleResult{SuggestedHost: feasible[0].Name(), EvaluatedNodes: evaluated, FeasibleNodes: 1}, nil
-	}
 	var keep *batchState
 	if ok {
 		keep = &batchState{signature: sig, created: f.now(), cycle: cycle}
 	}
-	totals, err := f.scoreNodes(ctx, state, pod, feasible, keep)
-	if err != nil {
-		return ScheduleResult{}, err
-	}
-	host, err := SelectHost(totals)
-	if err != nil {
-		return ScheduleResult{}, err
-	}
-	if keep != nil {
-		keep.host = host
+	r, err := f.schedule(ctx, state, pod, snapshot.List(), keep)
+	if err == nil && keep != nil && keep.host != "" {
+		// Scored (more than one node fit): the next alike pod starts from here.
 		f.batch = keep
 	}
-	return ScheduleResult{SuggestedHost: host, EvaluatedNodes: evaluated, FeasibleNodes: len(feasible)}, nil
+	return r, err
 }
 
 // fromBatch places pod from the batch: the last host filtered and scored again, then the

@@ -504,6 +504,11 @@ type ScheduleResult struct {
 // SchedulePod finds the best node for the pod among nodes: filter, then score when more
 // than one node fits. No fitting node gives a *FitError.
 func (f *Framework) SchedulePod(ctx context.Context, state *CycleState, pod *corev1.Pod, nodes []*NodeInfo) (ScheduleResult, error) {
+	return f.schedule(ctx, state, pod, nodes, nil)
+}
+
+// schedule is SchedulePod; with keep, the scores also go into keep for a batch.
+func (f *Framework) schedule(ctx context.Context, state *CycleState, pod *corev1.Pod, nodes []*NodeInfo, keep *batchState) (ScheduleResult, error) {
 	if len(nodes) == 0 {
 		return ScheduleResult{}, &FitError{Pod: pod, NumAllNodes: 0, Diagnosis: Diagnosis{NodeToStatus: NewNodeToStatus()}}
 	}
@@ -518,13 +523,16 @@ func (f *Framework) SchedulePod(ctx context.Context, state *CycleState, pod *cor
 	if len(feasible) == 1 {
 		return ScheduleResult{SuggestedHost: feasible[0].Name(), EvaluatedNodes: evaluated, FeasibleNodes: 1}, nil
 	}
-	scores, err := f.ScoreNodes(ctx, state, pod, feasible)
+	scores, err := f.scoreNodes(ctx, state, pod, feasible, keep)
 	if err != nil {
 		return ScheduleResult{}, err
 	}
 	host, err := SelectHost(scores)
 	if err != nil {
 		return ScheduleResult{}, err
+	}
+	if keep != nil {
+		keep.host = host
 	}
 	return ScheduleResult{SuggestedHost: host, EvaluatedNodes: evaluated, FeasibleNodes: len(feasible)}, nil
 }
