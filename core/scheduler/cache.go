@@ -37,6 +37,10 @@ type Cache struct {
 	generation int64
 	// setVersion changes when a node appears or goes, so that a snapshot relists.
 	setVersion int64
+	// changes counts what changed in the cluster other than by the scheduler's own
+	// assumptions and their confirmations: an opportunistic batch serves only while it
+	// stays the same.
+	changes int64
 }
 
 // nodeItem is a node of the cache in the list ordered by generation.
@@ -108,6 +112,7 @@ func (c *Cache) AddNode(node *corev1.Node) {
 	}
 	it.info.SetNode(node)
 	c.touch(it)
+	c.changes++
 }
 
 // UpdateNode updates a node (an update of an unknown node adds it).
@@ -124,6 +129,7 @@ func (c *Cache) RemoveNode(name string) {
 	if it.info.Node() != nil {
 		c.setVersion++
 	}
+	c.changes++
 	it.info.RemoveNode()
 	if len(it.info.Pods) == 0 {
 		c.deleteNode(it)
@@ -181,6 +187,7 @@ func (c *Cache) ForgetPod(pod *corev1.Pod) {
 	if ps, ok := c.pods[pod.UID]; ok && ps.assumed {
 		c.removePodLocked(ps.pod)
 		delete(c.pods, pod.UID)
+		c.changes++
 	}
 }
 
@@ -198,7 +205,12 @@ func (c *Cache) AddPod(pod *corev1.Pod) {
 	defer c.mu.Unlock()
 	if ps, ok := c.pods[pod.UID]; ok {
 		// Confirmed (or seen twice): account the API's version, on the node the API says.
+		if !ps.assumed || ps.pod.Spec.NodeName != pod.Spec.NodeName {
+			c.changes++
+		}
 		c.removePodLocked(ps.pod)
+	} else {
+		c.changes++
 	}
 	c.addPodLocked(pod)
 	c.pods[pod.UID] = &podState{pod: pod}
@@ -214,6 +226,7 @@ func (c *Cache) RemovePod(pod *corev1.Pod) {
 	if ps, ok := c.pods[pod.UID]; ok {
 		c.removePodLocked(ps.pod)
 		delete(c.pods, pod.UID)
+		c.changes++
 	}
 }
 
@@ -228,6 +241,7 @@ func (c *Cache) CleanupExpired(now time.Time) []*corev1.Pod {
 			c.removePodLocked(ps.pod)
 			delete(c.pods, uid)
 			out = append(out, ps.pod)
+			c.changes++
 		}
 	}
 	return out
@@ -253,6 +267,8 @@ type Snapshot struct {
 	list       []*framework.NodeInfo
 	generation int64
 	setVersion int64
+	// changes is the cache's count of others' changes when the snapshot was taken.
+	changes int64
 	// podsWithAffinity and podsWithRequiredAnti total the nodes' counters, so that the
 	// inter-pod plugins skip at once in a cluster without such pods.
 	podsWithAffinity, podsWithRequiredAnti int
@@ -327,4 +343,11 @@ func (c *Cache) UpdateSnapshot(s *Snapshot) {
 	}
 	s.generation = c.generation
 	s.setVersion = c.setVersion
+	s.changes = c.changes
 }
+
+// Changes counts, up to this snapshot, the cluster's changes other than the scheduler's
+// own assumptions and their confirmations (nodes, pods bound by others, deletions,
+// forgotten assumptions): equal counts in two snapshots mean only the scheduler's own
+// placements came between them.
+func (s *Snapshot) Changes() int64 { return s.changes }

@@ -205,3 +205,37 @@ func TestSnapshotIncrementalMatchesFresh(t *testing.T) {
 		}
 	}
 }
+
+func TestSnapshotCountsOthersChanges(t *testing.T) {
+	c := NewCache(30 * time.Second)
+	s := NewSnapshot()
+	changes := func() int64 { c.UpdateSnapshot(s); return s.Changes() }
+	c.AddNode(cacheNode("n1"))
+	before := changes()
+	// The scheduler's own placement, and the API confirming it where it was assumed, are
+	// not others' changes: a batch may go on.
+	p := boundPod("p", "n1", "1")
+	if err := c.AssumePod(p); err != nil {
+		t.Fatal(err)
+	}
+	c.AddPod(boundPod("p", "n1", "1"))
+	if got := changes(); got != before {
+		t.Errorf("an assumed pod and its confirmation changed the count from %d to %d", before, got)
+	}
+	for _, step := range []struct {
+		what   string
+		change func()
+	}{
+		{"a node added", func() { c.AddNode(cacheNode("n2")) }},
+		{"a pod bound by another", func() { c.AddPod(boundPod("q", "n2", "1")) }},
+		{"a pod deleted", func() { c.RemovePod(boundPod("q", "n2", "1")) }},
+		{"a confirmation on another node", func() { _ = c.AssumePod(boundPod("r", "n1", "1")); c.AddPod(boundPod("r", "n2", "1")) }},
+		{"a node removed", func() { c.RemoveNode("n2") }},
+	} {
+		before := changes()
+		step.change()
+		if got := changes(); got == before {
+			t.Errorf("%s left the count of others' changes at %d", step.what, got)
+		}
+	}
+}

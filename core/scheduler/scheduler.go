@@ -218,7 +218,7 @@ func (s *Scheduler) scheduleOne(ctx context.Context) error {
 	}
 	// A pod alike to the previous one reuses its filtering and scoring (opportunistic
 	// batching, framework/batch.go).
-	result, err := fwk.ScheduleInCycle(ctx, state, pod, s.snapshot, cycle)
+	result, err := fwk.ScheduleInCycle(ctx, state, pod, s.snapshot, cycle, s.snapshot.Changes())
 	if err != nil {
 		var fit *framework.FitError
 		if !errors.As(err, &fit) {

@@ -46,6 +46,7 @@ type batchState struct {
 	created   time.Time
 	cycle     int64  // the scheduling cycle of the last pod placed from it
 	host      string // where that pod went
+	changes   int64  // the cluster's count of others' changes in that cycle
 	plugins   []WeightedScorePlugin
 	nodes     []batchNode // best total first
 }
@@ -186,15 +187,17 @@ func (f *Framework) ForgetBatch() {
 
 // ScheduleInCycle is SchedulePod for the scheduler's cycle number cycle, over the nodes of
 // snapshot, with opportunistic batching: a pod alike to the one placed in the previous
-// cycle reuses that cycle's filtering and scoring (see the top of this file); any other
-// pod gets a full cycle, which may start a batch.
-func (f *Framework) ScheduleInCycle(ctx context.Context, state *CycleState, pod *corev1.Pod, snapshot NodeLister, cycle int64) (ScheduleResult, error) {
+// cycle, with nothing changed in the cluster since but that placement (changes, the
+// count of others' changes the snapshot was taken at, is the same), reuses that cycle's
+// filtering and scoring (see the top of this file); any other pod gets a full cycle,
+// which may start a batch.
+func (f *Framework) ScheduleInCycle(ctx context.Context, state *CycleState, pod *corev1.Pod, snapshot NodeLister, cycle, changes int64) (ScheduleResult, error) {
 	sig, ok := f.SignPod(pod)
 	f.batchMu.Lock()
 	defer f.batchMu.Unlock()
 	b := f.batch
 	f.batch = nil
-	if ok && b != nil && b.signature == sig && b.cycle == cycle-1 && f.now().Sub(b.created) <= maxBatchAge {
+	if ok && b != nil && b.signature == sig && b.cycle == cycle-1 && b.changes == changes && f.now().Sub(b.created) <= maxBatchAge {
 		if r, done, err := f.fromBatch(ctx, state, pod, snapshot, b); err != nil || done {
 			if done {
 				b.cycle, b.host = cycle, r.SuggestedHost
@@ -208,7 +211,7 @@ func (f *Framework) ScheduleInCycle(ctx context.Context, state *CycleState, pod 
 	}
 	var keep *batchState
 	if ok {
-		keep = &batchState{signature: sig, created: f.now(), cycle: cycle}
+		keep = &batchState{signature: sig, created: f.now(), cycle: cycle, changes: changes}
 	}
 	r, err := f.schedule(ctx, state, pod, snapshot.List(), keep)
 	if err == nil && keep != nil && keep.host != "" {

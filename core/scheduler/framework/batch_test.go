@@ -83,7 +83,7 @@ func place(t *testing.T, f *Framework, all lister, pods []*corev1.Pod, first int
 	t.Helper()
 	var hosts []string
 	for i, pod := range pods {
-		r, err := f.ScheduleInCycle(context.Background(), NewCycleState(), pod, all, first+int64(i))
+		r, err := f.ScheduleInCycle(context.Background(), NewCycleState(), pod, all, first+int64(i), 0)
 		if err != nil {
 			t.Fatalf("pod %s: %v", pod.Name, err)
 		}
@@ -119,7 +119,7 @@ func TestBatchedPodsSpreadAsFullCyclesDo(t *testing.T) {
 	}
 	// Every node is full: the batch checks the nodes again, finds none, and the full cycle
 	// says why.
-	_, err = f.ScheduleInCycle(context.Background(), NewCycleState(), alikePod(30, "web"), all, 31)
+	_, err = f.ScheduleInCycle(context.Background(), NewCycleState(), alikePod(30, "web"), all, 31, 0)
 	var fit *FitError
 	if !errors.As(err, &fit) {
 		t.Fatalf("pod 31 of 30 places: error %v, want a FitError", err)
@@ -172,6 +172,19 @@ func TestBatchOnlyForAlikeConsecutiveRecentPods(t *testing.T) {
 		all := lister(nodes(3))
 		place(t, f, all, []*corev1.Pod{alikePod(0, "a")}, 1)
 		place(t, f, all, []*corev1.Pod{alikePod(1, "a")}, 3) // another profile had cycle 2
+		if got := f.BatchedPods(); got != 0 {
+			t.Errorf("%d pods batched, want 0", got)
+		}
+	})
+	t.Run("the cluster changed in between", func(t *testing.T) {
+		f := newFramework(t, packFit{capacity: 10})
+		all := lister(nodes(3))
+		for i, changes := range []int64{0, 1} {
+			// A node added, a pod deleted ...: the count of others' changes moved.
+			if _, err := f.ScheduleInCycle(context.Background(), NewCycleState(), alikePod(i, "a"), all, int64(i+1), changes); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if got := f.BatchedPods(); got != 0 {
 			t.Errorf("%d pods batched, want 0", got)
 		}
