@@ -301,6 +301,11 @@ type cycleState struct {
 	filtered map[string]*framework.Status
 	// scores is the batched (and normalized) Score's answer per node name.
 	scores map[string]int64
+	// synced is the generation of the plugin's copy of the nodes after PreFilter brought
+	// it in step with every node of the cycle, in process syncedIn: PreScore's nodes are
+	// some of those, so it need not check them again.
+	synced   int64
+	syncedIn *instance
 
 	// When the plugin is not placed at PreFilter or PreScore, the first Filter or Score of
 	// the cycle makes the batch, over every node of the scheduler, for all the others.
@@ -365,6 +370,7 @@ func (p *Plugin) PreFilter(ctx context.Context, state *framework.CycleState, pod
 		if gen, st = p.syncNodes(ctx, in, nodes, true); st != nil {
 			return nil, st
 		}
+		c.synced, c.syncedIn = gen, in
 	}
 	var result *framework.PreFilterResult
 	if in.info.Implements(scheduler.PreFilterPoint) {
@@ -545,9 +551,11 @@ func (p *Plugin) PreScore(ctx context.Context, state *framework.CycleState, pod 
 	if err != nil {
 		return framework.AsStatus(err)
 	}
-	gen, st := p.syncNodes(ctx, in, nodes, false)
-	if st != nil {
-		return st
+	gen := c.synced
+	if c.syncedIn != in || gen == 0 || gen != p.sync.generation() {
+		if gen, st = p.syncNodes(ctx, in, nodes, false); st != nil {
+			return st
+		}
 	}
 	names := make([]string, len(nodes))
 	for i, n := range nodes {

@@ -371,7 +371,7 @@ func (f *Framework) ScoreNodes(ctx context.Context, state *CycleState, pod *core
 	return f.scoreNodes(ctx, state, pod, nodes, nil)
 }
 
-// scoreNodes is ScoreNodes; with keep, it also fills keep's plugins and nodes (best first)
+// scoreNodes is ScoreNodes; with keep, it also keeps the totals and weighted scores
 // for the pods batched after this one.
 func (f *Framework) scoreNodes(ctx context.Context, state *CycleState, pod *corev1.Pod, nodes []*NodeInfo, keep *batchState) ([]NodeTotalScore, error) {
 	for _, pl := range f.profile.PreScore {
@@ -444,17 +444,16 @@ func (f *Framework) scoreNodes(ctx context.Context, state *CycleState, pod *core
 		}
 	}
 	if keep != nil {
+		// Copied as they are: most full cycles are followed by no alike pod, so the batch
+		// sorts them only when one comes (batchState.ready).
 		keep.plugins = plugins
-		flat := make([]int64, len(nodes)*len(plugins))
-		keep.nodes = make([]batchNode, len(nodes))
-		for n := range nodes {
-			bn := batchNode{name: totals[n].Name, total: totals[n].Score, scores: flat[n*len(plugins) : (n+1)*len(plugins) : (n+1)*len(plugins)]}
-			for i, p := range plugins {
-				bn.scores[i] = scores[i][n].Score * p.Weight
+		keep.totals = totals
+		keep.flat = make([]int64, len(nodes)*len(plugins))
+		for i, p := range plugins {
+			for n := range nodes {
+				keep.flat[n*len(plugins)+i] = scores[i][n].Score * p.Weight
 			}
-			keep.nodes[n] = bn
 		}
-		sort.SliceStable(keep.nodes, func(a, b int) bool { return keep.nodes[a].total > keep.nodes[b].total })
 	}
 	return totals, nil
 }
