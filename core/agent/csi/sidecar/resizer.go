@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	corev1 "k8s.io/api/core/v1"
@@ -28,6 +29,10 @@ type resizer struct {
 	claims   corelisters.PersistentVolumeClaimLister
 	volumes  corelisters.PersistentVolumeLister
 }
+
+// pvLagRetry is how soon a Bound claim whose volume the cache does not show yet (or not
+// yet bound back to it) is looked at again.
+const pvLagRetry = time.Second
 
 func (r *resizer) wants(c *corev1.PersistentVolumeClaim) bool {
 	return c.Spec.VolumeName != "" && c.Status.Phase == corev1.ClaimBound
@@ -59,13 +64,19 @@ func (r *resizer) sync(ctx context.Context, key string) (reconcile.Result, error
 	}
 	pv, err := r.volumes.Get(claim.Spec.VolumeName)
 	if apierrors.IsNotFound(err) {
-		return reconcile.Result{}, nil
+		// The claim's watch can run ahead of the volumes' on a busy node: look again soon
+		// rather than wait for the next resync (the claim is Bound to it).
+		return reconcile.Result{RequeueAfter: pvLagRetry}, nil
 	}
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != r.s.cfg.DriverName || pv.Spec.ClaimRef == nil || pv.Spec.ClaimRef.UID != claim.UID {
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != r.s.cfg.DriverName {
 		return reconcile.Result{}, nil
+	}
+	if pv.Spec.ClaimRef == nil || pv.Spec.ClaimRef.UID != claim.UID {
+		// Bound to this PV by the claim's word, not yet by the PV's as cached: the same lag.
+		return reconcile.Result{RequeueAfter: pvLagRetry}, nil
 	}
 	if r.s.cfg.NodeScoped && !onNode(pv, r.s.cfg.Topology) {
 		return reconcile.Result{}, nil
