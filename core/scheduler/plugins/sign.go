@@ -8,7 +8,7 @@ import (
 // framework's base signature already holds every field of the pod these plugins read, so
 // a plugin that can batch adds nothing; the plugins whose answers for a node move with the
 // placement of alike pods on other nodes (inter-pod terms, topology spread) or that bind
-// claims refuse the pods that use them, as Kubernetes' do.
+// claims refuse the pods that use them.
 
 // SignPod: resource requests are in the base signature; scores are taken again for the
 // node the previous pod went to.
