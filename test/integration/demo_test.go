@@ -34,7 +34,8 @@ func TestSeedsDemoOnBerthUp(t *testing.T) {
 	skipShort(t)
 	hosttest.RequireHost(t)
 	bin := berthBinary(t)
-	buildTestserverBeside(t, bin)
+	// `berth up` builds the image berth.local/testserver from this static binary.
+	buildBeside(t, bin, "./cmd/berth-testserver", true)
 	dir := filepath.Join(t.TempDir(), "up")
 	// A bridge of the test's own, so that other `berth up` tests (on berth0) can run beside.
 	bridge := fmt.Sprintf("berthdm%d", os.Getpid()%100000)
@@ -253,33 +254,6 @@ func httpGet(client *http.Client, url, host string) (string, error) {
 		return "", fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	return strings.TrimSpace(string(b)), nil
-}
-
-var testserverBuild struct {
-	once sync.Once
-	err  error
-}
-
-// buildTestserverBeside builds berth-testserver (static) next to the berth binary, where
-// `berth up` looks for it to build the image berth.local/testserver.
-func buildTestserverBeside(t *testing.T, berth string) {
-	t.Helper()
-	testserverBuild.once.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			testserverBuild.err = err
-			return
-		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(berth), "berth-testserver"), "./cmd/berth-testserver")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			testserverBuild.err = fmt.Errorf("go build ./cmd/berth-testserver: %v\n%s", err, out)
-		}
-	})
-	if testserverBuild.err != nil {
-		t.Fatal(testserverBuild.err)
-	}
 }
 
 // The seeds' demo with berth's test server in both images: webapp serves HTTP on 3000

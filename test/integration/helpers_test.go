@@ -521,6 +521,41 @@ func fatalf(t *testing.T, format string, args ...any) {
 	t.Fatal(msg)
 }
 
+// besideBuilds holds one build per package for buildBeside.
+var besideBuilds sync.Map // package path -> *besideBuild
+
+type besideBuild struct {
+	once sync.Once
+	err  error
+}
+
+// buildBeside builds the command package pkg (./cmd/NAME) once per test binary into the
+// folder of the berth binary, where `berth up` looks for its companions; static builds
+// it without cgo.
+func buildBeside(t *testing.T, berth, pkg string, static bool) {
+	t.Helper()
+	v, _ := besideBuilds.LoadOrStore(pkg, &besideBuild{})
+	b := v.(*besideBuild)
+	b.once.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			b.err = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(berth), filepath.Base(pkg)), pkg)
+		cmd.Dir = root
+		if static {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+	})
+	if b.err != nil {
+		fatalf(t, "%v", b.err)
+	}
+}
+
 // saveArtifact writes a failed test's full log to $BERTH_TEST_ARTIFACTS/<test>-<name>
 // when that variable names a folder, for a look beyond the tail the test prints.
 func saveArtifact(t *testing.T, name, content string) {

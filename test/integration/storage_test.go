@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,7 +33,8 @@ func TestStorageOnBerthUp(t *testing.T) {
 		}
 	}
 	bin := berthBinary(t)
-	buildDriverBeside(t, bin)
+	// `berth up` runs berth-csi-local from beside itself.
+	buildBeside(t, bin, "./cmd/berth-csi-local", false)
 	dir := filepath.Join(t.TempDir(), "up")
 	hostData := filepath.Join(t.TempDir(), "app")
 	if err := os.MkdirAll(hostData, 0o755); err != nil {
@@ -193,32 +193,6 @@ func driverPID(t *testing.T, dir string) int {
 		}
 	}
 	return 0
-}
-
-var driverBuild struct {
-	once sync.Once
-	err  error
-}
-
-// buildDriverBeside builds berth-csi-local next to the berth binary, where `berth up`
-// looks for it.
-func buildDriverBeside(t *testing.T, berth string) {
-	t.Helper()
-	driverBuild.once.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			driverBuild.err = err
-			return
-		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(berth), "berth-csi-local"), "./cmd/berth-csi-local")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			driverBuild.err = fmt.Errorf("go build ./cmd/berth-csi-local: %v\n%s", err, out)
-		}
-	})
-	if driverBuild.err != nil {
-		fatalf(t, "%v", driverBuild.err)
-	}
 }
 
 // apply applies a manifest with kubectl.
