@@ -32,8 +32,11 @@ build: ## Build every binary under cmd/ into bin/ (berth-testserver static, for 
 	@if [ -d cmd/berth-testserver ]; then CGO_ENABLED=0 go build -ldflags '-s -w' -o bin/berth-testserver ./cmd/berth-testserver; fi
 
 test: deps build ## Install deps, build, run every test (unit, integration, conformance)
+	@# -p 1: the suites on real containerd, CNI and loop devices share this host's bridges,
+	@# iptables and pod networks; one package at a time keeps them apart (and off each
+	@# other's CPU) at the cost of a few minutes.
 	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
-	rc=0; go test -count=1 -timeout $(TEST_TIMEOUT) ./... 2>&1 | tee "$$log" || rc=$$?; \
+	rc=0; go test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./... 2>&1 | tee "$$log" || rc=$$?; \
 	echo "----"; \
 	echo "packages: $$(grep -cE '^ok ' "$$log" || true) ok, $$(grep -cE '^FAIL[[:space:]]' "$$log" || true) failed, $$(grep -cE '^\?' "$$log" || true) without tests"; \
 	if [ $$rc -ne 0 ]; then echo "make test: FAILED"; grep -E '^(FAIL[[:space:]]|--- FAIL)' "$$log" || true; exit $$rc; fi; \

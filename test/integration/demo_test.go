@@ -55,6 +55,7 @@ func TestSeedsDemoOnBerthUp(t *testing.T) {
 		if t.Failed() {
 			t.Logf("berth up output:\n%s", tail(p.logs.String(), 80))
 			saveArtifact(t, "berth-up.log", p.logs.String())
+			logProblems(t, k, p.logs.String())
 		}
 		k.run(t, "delete", "ingress,deployments,pods", "--all", "--grace-period=1", "--wait=true", "--timeout=60s")
 		if _, err := p.stop(60 * time.Second); err != nil {

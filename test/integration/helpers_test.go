@@ -556,6 +556,21 @@ func buildBeside(t *testing.T, berth, pkg string, static bool) {
 	}
 }
 
+// logProblems logs, for a failed `berth up` test, the last errors and warnings of its
+// output (a tail of everything is mostly the runtime's info lines) and the cluster's last
+// events, which say why a pod did not start.
+func logProblems(t *testing.T, k kubectlRun, output string) {
+	var bad []string
+	for _, l := range strings.Split(output, "\n") {
+		if strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") || strings.Contains(l, "level=error") || strings.Contains(l, "level=warning") {
+			bad = append(bad, l)
+		}
+	}
+	t.Logf("errors and warnings of berth up (last 40 of %d):\n%s", len(bad), tail(strings.Join(bad, "\n"), 40))
+	res := k.run(t, "get", "events", "-A", "--sort-by=.lastTimestamp")
+	t.Logf("events (last 30):\n%s", tail(res.Stdout+res.Stderr, 30))
+}
+
 // saveArtifact writes a failed test's full log to $BERTH_TEST_ARTIFACTS/<test>-<name>
 // when that variable names a folder, for a look beyond the tail the test prints.
 func saveArtifact(t *testing.T, name, content string) {

@@ -50,6 +50,7 @@ func TestStorageOnBerthUp(t *testing.T) {
 		if t.Failed() {
 			t.Logf("berth up output:\n%s", tail(p.logs.String(), 80))
 			saveArtifact(t, "berth-up.log", p.logs.String())
+			logProblems(t, k, p.logs.String())
 			if b, err := os.ReadFile(filepath.Join(dir, "agent", "logs", "csi-local.log")); err == nil {
 				t.Logf("csi-local log:\n%s", tail(string(b), 30))
 			}
